@@ -1,0 +1,216 @@
+"""Relative flatness kappa_Tr of one layer (Petzka et al.; FAM, Adilova et al. 2023), exact and estimated.
+
+For the chosen layer's weight as a matrix ``W`` (d x m; row ``w_s`` = incoming weights of output unit ``s``)
+
+    kappa(W) = sum_{s,s'} <w_s, w_s'> Tr(H_{s,s'}),   H_{s,s'}[t,t'] = d2 E / (dW[s,t] dW[s',t'])
+
+with E the task loss on the batch. This is kappa itself; the paper's bound scales it by (2m)^-1.
+Every value returned here is differentiable with respect to all model parameters (the FAM gradient
+is a third-order derivative of the loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fam_skull.norms import decomposed_norms
+
+Estimator = Literal["exact", "hutchinson"]
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_WEIGHT_LAYERS = (nn.Linear, *_CONV, *_CONV_T)
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A resolved FAM layer: its module name, the module, and whether its weight is stored (in, out, ...)."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    @property
+    def transposed(self) -> bool:
+        return isinstance(self.module, _CONV_T)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel/DataParallel wrapper (or the model itself)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def weight_matrix(weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """``weight`` as the d x m matrix whose rows are the output units' incoming weights."""
+    if transposed:
+        weight = weight.transpose(0, 1)
+    return weight.reshape(weight.shape[0], -1)
+
+
+def _matrix_to_weight(matrix: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    if transposed:
+        shape = (weight.shape[1], weight.shape[0], *weight.shape[2:])
+        return matrix.reshape(shape).transpose(0, 1)
+    return matrix.reshape(weight.shape)
+
+
+def _candidates(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, _WEIGHT_LAYERS)]
+
+
+def _last_weight_layer(module: nn.Module, prefix: str, skip: tuple[str, ...] = ()) -> str | None:
+    found = None
+    for name, m in module.named_modules():
+        if isinstance(m, _WEIGHT_LAYERS) and not name.startswith(skip):
+            found = f"{prefix}.{name}" if name else prefix
+    return found
+
+
+def _bottleneck_name(model: nn.Module) -> str | None:
+    from monai.networks.layers.simplelayers import SkipConnection
+    from monai.networks.nets import AutoEncoder
+
+    if hasattr(model, "fam_bottleneck"):
+        return model.fam_bottleneck
+    skips = [(name, m) for name, m in model.named_modules() if isinstance(m, SkipConnection)]
+    if skips:
+        # MONAI UNet nests SkipConnections; the innermost one wraps the bottom layer. Its 1x1 residual
+        # projection is a shortcut, not the bottleneck.
+        name, inner = max(skips, key=lambda item: item[0].count("."))
+        return _last_weight_layer(inner.submodule, f"{name}.submodule" if name else "submodule", skip=("residual",))
+    if isinstance(model, AutoEncoder):
+        return _last_weight_layer(model.intermediate, "intermediate") or _last_weight_layer(model.encode, "encode")
+    return None
+
+
+def resolve_layer(model: nn.Module, layer: str) -> LayerRef:
+    """Find the FAM layer of ``model`` by module name, parameter name, or ``"bottleneck"``.
+
+    ``"bottleneck"`` is the last convolution of the bottom layer of a MONAI ``UNet`` (its residual 1x1
+    projection excluded), the last weight layer of a MONAI ``AutoEncoder``'s intermediate block (or of its
+    encoder when there is none), or the ``fam_bottleneck`` a model declares (the linear-latent autoencoder's
+    Linear from the latent back to the decoder).
+
+    Raises:
+        ValueError: the name matches no Linear/ConvNd/ConvTransposeNd; the message lists the candidates.
+    """
+    model = unwrap(model)
+    name = _bottleneck_name(model) if layer == "bottleneck" else layer
+    modules = dict(model.named_modules())
+    if name is not None and name.endswith(".weight") and name not in modules:
+        name = name[: -len(".weight")]
+    module = modules.get(name) if name is not None else None
+    if not isinstance(module, _WEIGHT_LAYERS):
+        raise ValueError(
+            f"FAM layer {layer!r} is not a Linear/ConvNd/ConvTransposeNd of {type(model).__name__}; "
+            f"use 'bottleneck' or one of: {', '.join(_candidates(model))}"
+        )
+    return LayerRef(name, module)
+
+
+def _factor(matrix: torch.Tensor) -> torch.Tensor:
+    """A d x r matrix L with L L^T = W W^T and r = min(d, m), built from the live W (so it stays in the graph)."""
+    d, m = matrix.shape
+    if d < m:
+        chol, info = torch.linalg.cholesky_ex(matrix @ matrix.T)
+        if int(info) == 0:
+            return chol
+    return matrix
+
+
+def _random(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None, rademacher: bool):
+    device = generator.device if generator is not None else like.device
+    if rademacher:
+        z = torch.randint(0, 2, shape, generator=generator, device=device, dtype=like.dtype) * 2 - 1
+    else:
+        z = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    return z.to(like.device)
+
+
+def _hvp(grad_w: torch.Tensor, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # grad_outputs=v differentiates <grad_w, v> as if v were constant, while v stays in the graph
+    # for the third-order derivative.
+    (hv,) = torch.autograd.grad(grad_w, weight, grad_outputs=v, retain_graph=True, create_graph=True)
+    return hv
+
+
+def flatness_of_loss(
+    loss: torch.Tensor,
+    ref: LayerRef,
+    *,
+    estimator: Estimator = "hutchinson",
+    probes: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """kappa of ``ref``'s weight for an already computed ``loss`` (its graph is kept for ``loss.backward()``).
+
+    ``"exact"`` sums min(d, m) * m Hessian-vector products (small layers, tests). ``"hutchinson"`` averages
+    ``probes`` samples vec(V)^T H vec(V) with V = L G (L L^T = W W^T, G Gaussian, when d < m) or V = W Z
+    (Z Rademacher): E[V V^T-blocks] reproduces <w_s, w_s'> per column, so each sample is unbiased, and V is
+    built from the live W so the gradient of the estimate is unbiased for the gradient of kappa.
+
+    Note that normalization layers between the weight and the loss must be primitive-op ones
+    (:mod:`fam_skull.norms`) for the gradient to be right; :func:`relative_flatness` and
+    :class:`~fam_skull.regularizer.FAMRegularizer` see to that.
+    """
+    if estimator not in ("exact", "hutchinson"):
+        raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
+    if probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+    weight = ref.weight
+    (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
+    matrix = weight_matrix(weight, ref.transposed)
+    factor = _factor(matrix)
+    d, m = matrix.shape
+    samples = []
+    if estimator == "exact":
+        eye = torch.eye(m, dtype=matrix.dtype, device=matrix.device)
+        for j in range(factor.shape[1]):
+            for t in range(m):
+                v = _matrix_to_weight(factor[:, j : j + 1] * eye[t], weight, ref.transposed)
+                samples.append((_hvp(grad_w, weight, v) * v).sum())
+        return torch.stack(samples).sum()
+    for _ in range(probes):
+        rademacher = factor is matrix
+        g = _random((factor.shape[1], m), matrix, generator, rademacher)
+        v = _matrix_to_weight(factor @ g, weight, ref.transposed)
+        samples.append((_hvp(grad_w, weight, v) * v).sum())
+    return torch.stack(samples).mean()
+
+
+def relative_flatness(
+    model: nn.Module,
+    layer: str,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    estimator: Estimator = "hutchinson",
+    probes: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """kappa_Tr of ``layer`` on this batch, a scalar differentiable with respect to every model parameter.
+
+    Args:
+        model: the network; ``loss_fn(model(inputs), targets)`` is the task loss E.
+        layer: a module name, a parameter name, or ``"bottleneck"`` (see :func:`resolve_layer`).
+        estimator: ``"exact"`` or the unbiased ``"hutchinson"`` estimator.
+        probes: number of Hutchinson probes averaged.
+        generator: random source for the probes.
+
+    Fused normalization layers are computed through primitive-op twins during this call so that the
+    third-order gradient is exact; the model's classes are restored afterwards.
+    """
+    ref = resolve_layer(model, layer)
+    with decomposed_norms(unwrap(model)):
+        loss = loss_fn(model(inputs), targets)
+    return flatness_of_loss(loss, ref, estimator=estimator, probes=probes, generator=generator)

@@ -1,0 +1,148 @@
+"""Normalization layers recomputed from primitive ops, so third-order autograd through them is exact.
+
+PyTorch's fused ``instance_norm``, ``batch_norm`` (training mode) and ``layer_norm`` kernels return wrong
+third-order derivatives without any warning, and the FAM gradient is third order. The classes here keep
+the parameters, buffers and state_dict keys of the stock layers (they are subclasses swapped in place), and
+compute the same function from ``mean``, products and ``rsqrt``. ``GroupNorm`` is exact and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+
+def _moments(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = x.mean(dim=dims, keepdim=True)
+    centred = x - mean
+    return centred, (centred * centred).mean(dim=dims, keepdim=True)
+
+
+def _affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, shape: tuple) -> torch.Tensor:
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    return y
+
+
+class _PrimitiveInstanceNorm:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == self._get_no_batch_dim():
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        dims = tuple(range(2, x.dim()))
+        shape = (1, -1) + (1,) * len(dims)
+        if self.training or not self.track_running_stats:
+            centred, var = _moments(x, dims)
+            if self.training and self.track_running_stats:
+                n = x[0, 0].numel()
+                with torch.no_grad():
+                    m = self.momentum if self.momentum is not None else 0.1
+                    self.running_mean.mul_(1 - m).add_(m * (x - centred).mean(dim=dims).mean(0))
+                    self.running_var.mul_(1 - m).add_(m * (var.flatten(1) * n / max(n - 1, 1)).mean(0))
+        else:
+            centred = x - self.running_mean.view(shape)
+            var = self.running_var.view(shape)
+        y = centred * torch.rsqrt(var + self.eps)
+        return _affine(y, self.weight, self.bias, shape) if self.affine else y
+
+
+class _PrimitiveBatchNorm:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        dims = (0,) + tuple(range(2, x.dim()))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.training or self.running_mean is None:
+            centred, var = _moments(x, dims)
+            if self.training and self.running_mean is not None:
+                n = x.numel() // x.size(1)
+                with torch.no_grad():
+                    self.running_mean.mul_(1 - factor).add_(factor * (x - centred).mean(dim=dims))
+                    self.running_var.mul_(1 - factor).add_(factor * var.flatten() * n / max(n - 1, 1))
+        else:
+            centred = x - self.running_mean.view(shape)
+            var = self.running_var.view(shape)
+        y = centred * torch.rsqrt(var + self.eps)
+        return _affine(y, self.weight, self.bias, shape)
+
+
+class _PrimitiveLayerNorm:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(x.dim() - len(self.normalized_shape), x.dim()))
+        centred, var = _moments(x, dims)
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.elementwise_affine:
+            y = y * self.weight
+            if self.bias is not None:
+                y = y + self.bias
+        return y
+
+
+_MIXINS: tuple[tuple[type, type], ...] = (
+    (_InstanceNorm, _PrimitiveInstanceNorm),
+    (_BatchNorm, _PrimitiveBatchNorm),
+    (nn.LayerNorm, _PrimitiveLayerNorm),
+)
+_CLASSES: dict[type, type] = {}
+
+
+def _primitive_class(cls: type) -> type | None:
+    if issubclass(cls, (_PrimitiveInstanceNorm, _PrimitiveBatchNorm, _PrimitiveLayerNorm, nn.SyncBatchNorm)):
+        return None
+    for base, mixin in _MIXINS:
+        if issubclass(cls, base):
+            if cls not in _CLASSES:
+                _CLASSES[cls] = type(f"Primitive{cls.__name__}", (mixin, cls), {"__module__": __name__})
+            return _CLASSES[cls]
+    return None
+
+
+def decompose_norms(model: nn.Module) -> list[str]:
+    """Swap every fused InstanceNorm/BatchNorm/LayerNorm in ``model`` for its primitive-op twin, in place.
+
+    Parameters, buffers and state_dict keys are unchanged; outputs agree with the fused kernels to rounding.
+
+    Returns:
+        The names of the modules that were swapped.
+    """
+    swapped = []
+    for name, module in model.named_modules():
+        cls = _primitive_class(type(module))
+        if cls is not None:
+            module.__class__ = cls
+            swapped.append(name)
+    return swapped
+
+
+def _restore(module: nn.Module) -> None:
+    # a primitive class's MRO is (class, mixin, stock class, ...)
+    module.__class__ = type(module).__mro__[2]
+
+
+def restore_norms(model: nn.Module) -> None:
+    """Undo :func:`decompose_norms`."""
+    for module in model.modules():
+        if type(module) in _CLASSES.values():
+            _restore(module)
+
+
+@contextlib.contextmanager
+def decomposed_norms(model: nn.Module) -> Iterator[list[str]]:
+    """Context in which ``model``'s fused norms are primitive-op twins; the ones swapped here come back after."""
+    swapped = decompose_norms(model)
+    try:
+        yield swapped
+    finally:
+        modules = dict(model.named_modules())
+        for name in swapped:
+            _restore(modules[name])

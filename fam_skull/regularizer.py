@@ -1,0 +1,136 @@
+"""FAMRegularizer: the FAM objective E + lambda * kappa bound to a model, for any training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fam_skull.flatness import Estimator, flatness_of_loss, resolve_layer, unwrap
+from fam_skull.norms import decompose_norms
+
+
+@dataclass
+class FAMOutput:
+    """What one regularized step produced: ``loss`` to call ``backward()`` on, and its parts for logging.
+
+    ``kappa`` is None on steps where the regularizer is off (warm-up, or between every-k steps).
+    """
+
+    loss: torch.Tensor
+    task_loss: torch.Tensor
+    kappa: torch.Tensor | None
+    outputs: torch.Tensor | None = None
+
+
+class FAMRegularizer:
+    """Adds ``lam * kappa`` of one layer to the task loss.
+
+    Args:
+        model: the network (a DistributedDataParallel wrapper is fine: forward through it, and the
+            final ``loss.backward()`` produces the synchronised gradient).
+        layer: module or parameter name, or ``"bottleneck"``.
+        lam: regularization strength lambda (>= 0).
+        estimator: ``"hutchinson"`` (default, unbiased) or ``"exact"``.
+        probes: Hutchinson probes per active step (budget is better spent on frequency than probes).
+        every: apply FAM on every k-th step only.
+        scale_lambda: multiply lambda by ``every`` on active steps so the time-averaged gradient matches
+            FAM on every step.
+        warmup_steps: steps of plain training before FAM switches on.
+        seed: seed of the probe generator; the same seed on every DDP rank keeps probes identical, so
+            the averaged gradient equals the single-process one on the global batch.
+
+    The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place and for good, for
+    primitive-op twins with the same parameters and state_dict (:mod:`fam_skull.norms`): the fused kernels'
+    third-order derivatives are wrong, and the FAM gradient is third order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str = "bottleneck",
+        lam: float = 1e-3,
+        *,
+        estimator: Estimator = "hutchinson",
+        probes: int = 1,
+        every: int = 1,
+        scale_lambda: bool = True,
+        warmup_steps: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if every < 1 or probes < 1 or warmup_steps < 0:
+            raise ValueError(f"every and probes must be >= 1 and warmup_steps >= 0 (got {every}, {probes}, {warmup_steps})")
+        self.model = model
+        self.ref = resolve_layer(model, layer)
+        self.lam = lam
+        self.estimator = estimator
+        self.probes = probes
+        self.every = every
+        self.scale_lambda = scale_lambda
+        self.warmup_steps = warmup_steps
+        self.step = 0
+        self.generator = torch.Generator(device=self.ref.weight.device).manual_seed(seed)
+        decompose_norms(unwrap(model))
+
+    @property
+    def active(self) -> bool:
+        """Whether the next step is regularized."""
+        k = self.step - self.warmup_steps
+        return self.lam > 0 and k >= 0 and k % self.every == 0
+
+    @property
+    def step_lambda(self) -> float:
+        """The lambda applied on an active step."""
+        return self.lam * self.every if self.scale_lambda else self.lam
+
+    def regularize(self, task_loss: torch.Tensor) -> FAMOutput:
+        """The FAM loss for a task loss computed by a forward through ``model``; advances the step count."""
+        active = self.active
+        self.step += 1
+        if not active:
+            return FAMOutput(task_loss, task_loss, None)
+        kappa = flatness_of_loss(
+            task_loss, self.ref, estimator=self.estimator, probes=self.probes, generator=self.generator
+        )
+        return FAMOutput(task_loss + self.step_lambda * kappa, task_loss, kappa)
+
+    def __call__(
+        self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> FAMOutput:
+        """Forward ``inputs``, compute ``loss_fn(outputs, targets)`` and regularize it."""
+        outputs = self.model(inputs)
+        out = self.regularize(loss_fn(outputs, targets))
+        out.outputs = outputs
+        return out
+
+    def iteration(self, engine, batchdata) -> dict:
+        """An ``iteration_update`` for MONAI's ``SupervisedTrainer`` (network = this regularizer's model)."""
+        from monai.utils import CommonKeys as Keys
+
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        out = self(engine.loss_function, inputs, targets)
+        out.loss.backward()
+        engine.optimizer.step()
+        kappa = None if out.kappa is None else out.kappa.detach()
+        engine.state.output = {
+            Keys.IMAGE: inputs,
+            Keys.LABEL: targets,
+            Keys.PRED: out.outputs,
+            Keys.LOSS: out.loss.detach(),
+            "task_loss": out.task_loss.detach(),
+            "kappa": kappa,
+        }
+        return engine.state.output
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
