@@ -1,0 +1,105 @@
+"""One optimization step for each method (baseline, FAM, SAM), with the non-finite guard and AMP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fam_skull.regularizer import FAMRegularizer
+from fam_skull.sam import SAM
+
+METHODS = ("baseline", "fam", "sam")
+
+
+@dataclass
+class StepResult:
+    """Numbers of one step for logging; ``skipped`` when the loss or regularizer was not finite."""
+
+    loss: float
+    task_loss: float
+    kappa: float | None
+    skipped: bool
+
+
+def _all_ranks(flag: bool, device: torch.device) -> bool:
+    """``flag`` on every rank (a rank that skips a step while another does not would hang DDP's all-reduce)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return bool(t.item())
+
+
+class Stepper:
+    """Runs ``model`` one step on a batch with the chosen method.
+
+    Args:
+        model: the network (DDP-wrapped under torchrun).
+        loss_fn: task loss ``loss_fn(outputs, targets)``.
+        optimizer: the base optimizer.
+        method: ``"baseline"``, ``"fam"`` or ``"sam"``.
+        regularizer: the FAMRegularizer (method ``"fam"``).
+        sam_rho: SAM's radius (method ``"sam"``).
+        amp: autocast the forward on CUDA; FAM steps run their forward in float32 so the higher-order
+            terms are not computed in half precision.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        method: str = "baseline",
+        *,
+        regularizer: FAMRegularizer | None = None,
+        sam_rho: float = 0.05,
+        amp: bool = False,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "fam" and regularizer is None:
+            raise ValueError("method 'fam' needs a FAMRegularizer")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.method = method
+        self.regularizer = regularizer
+        self.sam = SAM(optimizer, sam_rho) if method == "sam" else None
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def _autocast(self, fam_active: bool):
+        if self.amp and not fam_active:
+            return torch.autocast("cuda")
+        return nullcontext()
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        fam_active = self.regularizer is not None and self.method == "fam" and self.regularizer.active
+        with self._autocast(fam_active):
+            task_loss = self.loss_fn(self.model(inputs), targets)
+        if self.method == "fam":
+            out = self.regularizer.regularize(task_loss)
+            loss, kappa = out.loss, out.kappa
+        else:
+            loss, kappa = task_loss, None
+        values = (loss.item(), task_loss.item(), None if kappa is None else kappa.item())
+        if not _all_ranks(all(v is None or math.isfinite(v) for v in values), loss.device):
+            return StepResult(*values, skipped=True)
+        if self.sam is not None:
+            loss.backward()  # unscaled: SAM uses only the direction of this gradient
+            self.sam.perturb()
+            with self._autocast(False):
+                self.scaler.scale(self.loss_fn(self.model(inputs), targets)).backward()
+            self.sam.restore()
+        else:
+            self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return StepResult(*values, skipped=False)
