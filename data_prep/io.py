@@ -1,0 +1,142 @@
+"""Reading and writing 3D volumes with their geometry (SimpleITK first, nibabel as the fallback reader).
+
+Arrays are indexed (x, y, z) like nibabel and MONAI; geometry is ITK's (LPS physical space, mm).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shape (x, y, z), spacing (mm), origin (mm, LPS) and row-major 3x3 direction of a volume."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        return cls(
+            tuple(int(n) for n in image.GetSize()),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def _read_nibabel(path: Path) -> sitk.Image:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.T), isVector=False)
+    affine = img.affine.copy()
+    affine[:2] *= -1  # nibabel affines map to RAS; ITK geometry is LPS
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    if data.ndim == 3:
+        image.SetSpacing(tuple(float(z) for z in zooms))
+        image.SetOrigin(tuple(float(o) for o in affine[:3, 3]))
+        image.SetDirection(tuple(float(d) for d in (affine[:3, :3] / zooms).flatten()))
+    return image
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D scalar volume.
+
+    Raises:
+        VolumeError: missing, unreadable or truncated file; not 3D (2D, a single slice, or 4D); NaN voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(f"{path}: file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as itk_error:
+        try:
+            image = _read_nibabel(path)
+        except Exception as nib_error:  # nibabel raises many types for bad files; report both readers
+            reason = str(itk_error).strip().splitlines()[-1] if str(itk_error).strip() else "unreadable"
+            raise VolumeError(f"{path}: cannot read it ({reason}; nibabel: {nib_error}); re-export it as NIfTI or NRRD") from None
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise VolumeError(
+            f"{path}: expected a 3D scalar volume, got size {image.GetSize()} with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s); pass one 3D volume per file"
+        )
+    return image
+
+
+def to_array(image: sitk.Image) -> np.ndarray:
+    """The voxels indexed (x, y, z) (a copy: a view would dangle once ``image`` is freed)."""
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+
+
+def from_array(array: np.ndarray, geometry: Geometry | None = None) -> sitk.Image:
+    """An image from an (x, y, z) array, with ``geometry``'s spacing, origin and direction."""
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    return geometry.apply(image) if geometry is not None else image
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=compress)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """A binary (nonzero) mask indexed (x, y, z) and its geometry."""
+    image = read_image(path)
+    array = to_array(image)
+    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+        raise VolumeError(f"{path}: contains NaN voxels; fix or re-export the volume")
+    return array != 0, Geometry.of(image)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,66 @@
+"""The dataset manifest written by ``fam-skull prepare`` and read by train, predict and evaluate.
+
+Layout of a prepared dataset folder::
+
+    manifest.json                 every case, what was skipped and why, the options used
+    cases/<id>.json               one record per finished case (reruns skip these)
+    grid/<id>_<kind>.nii.gz       defective / complete / implant on the training grid
+    original/<id>_<kind>.nii.gz   the same in the case's original geometry (evaluation sets)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_prep.io import atomic_write_text
+
+FORMAT = "fam-skull-manifest/1"
+ROLES = ("train", "val", "eval1", "eval2")
+KINDS = ("defective", "complete", "implant")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file."""
+
+
+class Manifest:
+    """A prepared dataset: ``cases`` are dicts (schema in the README); paths in them are relative to ``root``."""
+
+    def __init__(self, path: Path, data: dict) -> None:
+        self.path = path
+        self.root = path.parent
+        self.data = data
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "manifest.json"
+        if not path.is_file():
+            raise ManifestError(f"{path}: manifest not found; run 'fam-skull prepare' first")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}: not valid JSON ({e}); rerun 'fam-skull prepare'") from None
+        if data.get("format") != FORMAT:
+            raise ManifestError(f"{path}: not a fam-skull manifest (format {data.get('format')!r})")
+        return cls(path, data)
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=1))
+
+    @property
+    def cases(self) -> list[dict]:
+        return self.data["cases"]
+
+    def role(self, *roles: str) -> list[dict]:
+        """Cases whose role is one of ``roles``, sorted by id."""
+        return sorted((c for c in self.cases if c["role"] in roles), key=lambda c: c["id"])
+
+    def file(self, case: dict, space: str, kind: str) -> Path:
+        """Absolute path of ``case``'s ``kind`` volume in ``space`` (``"grid"`` or ``"original"``)."""
+        try:
+            return self.root / case[space][kind]
+        except KeyError:
+            raise ManifestError(f"{self.path}: case {case['id']} has no {space} {kind} volume") from None

@@ -1,0 +1,301 @@
+"""``fam-skull prepare``: dataset in, preprocessed volumes, defects, implants and a manifest out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
+from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, write_image
+from data_prep.manifest import FORMAT, KINDS, Manifest
+from data_prep.phantom import synthetic_skull
+from data_prep.preprocess import Layout, binarize, largest_component
+from data_prep.sources import SKULLBREAK_DEFECTS, SourceCase, Skip, discover
+
+log = logging.getLogger("fam_skull.prepare")
+
+DEFAULT_DEFECTS = ("sphere", "cube", "bilateral", "frontoorbital", "parietotemporal")
+DEFAULT_SHIFT = ("random", "facial")
+
+
+@dataclass
+class PrepareOptions:
+    """Every parameter of ``fam-skull prepare``; the CLI flags have the same names.
+
+    Attributes:
+        output: dataset folder to write.
+        source: ``skullbreak``, ``skullfix``, ``complete``, ``pairs`` or ``synthetic``.
+        path: the dataset root, folder or CSV (not for ``synthetic``).
+        synthetic: number of synthetic skulls.
+        synthetic_shape: grid the synthetic skulls are rasterized on (their "original" space);
+            defaults to ``grid``.
+        grid: training grid (x, y, z).
+        axial_slices: crop/pad to this many axial slices (top kept) before resizing; None keeps all.
+        keep_largest: keep the largest connected component of complete and defective skulls.
+        input_kind: ``auto`` (negative values mean CT), ``mask`` (nonzero) or ``ct`` (>= threshold HU).
+        threshold: bone threshold in HU for CT.
+        defects: defect types generated for training (and eval1) where a dataset has none.
+        shift_defects: defect types of eval2 (not seen in training). For SkullBreak the default is
+            random_1, random_2; for generated defects random and facial.
+        val_fraction, eval_fraction: fractions of skulls held out for validation and evaluation.
+        eval1, eval2: skull (or case) ids naming the evaluation sets explicitly.
+        seed: seed of splits and defects.
+        workers: parallel processes.
+        force: redo finished cases.
+        strict: nonzero exit when anything was skipped.
+    """
+
+    output: Path
+    source: str = "synthetic"
+    path: Path | None = None
+    synthetic: int = 0
+    synthetic_shape: tuple[int, int, int] | None = None
+    grid: tuple[int, int, int] = (256, 256, 128)
+    axial_slices: int | None = None
+    keep_largest: bool = True
+    input_kind: str = "auto"
+    threshold: float = 150.0
+    defects: tuple[str, ...] = DEFAULT_DEFECTS
+    shift_defects: tuple[str, ...] | None = None
+    val_fraction: float = 0.1
+    eval_fraction: float = 0.2
+    eval1: tuple[str, ...] = ()
+    eval2: tuple[str, ...] = ()
+    seed: int = 0
+    workers: int = 1
+    force: bool = False
+    strict: bool = False
+    quiet: bool = False
+    mandible: bool = False
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        for name in ("defects", "shift_defects"):
+            for kind in getattr(self, name) or ():
+                if kind not in DEFECT_TYPES and self.source in ("synthetic", "complete"):
+                    raise ValueError(f"{name}: unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
+        if self.shift_defects is None:
+            self.shift_defects = ("random_1", "random_2") if self.source == "skullbreak" else DEFAULT_SHIFT
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.eval_fraction < 1:
+            raise ValueError("val_fraction and eval_fraction must lie in [0, 1)")
+
+
+@dataclass
+class PrepareResult:
+    manifest: Path
+    prepared: int
+    reused: int
+    skipped: list[Skip] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.prepared + self.reused > 0
+
+
+def _case_seed(seed: int, case_id: str) -> int:
+    return zlib.crc32(f"{seed}:{case_id}".encode())
+
+
+def _split_skulls(skulls: list[str], opts: PrepareOptions) -> dict[str, str]:
+    named = {s: "eval1" for s in opts.eval1} | {s: "eval2" for s in opts.eval2}
+    rest = [s for s in skulls if s not in named]
+    rng = np.random.default_rng(opts.seed)
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    n = len(rest)
+    n_eval = 0 if named else (round(opts.eval_fraction * n) or int(n >= 3 and opts.eval_fraction > 0))
+    n_val = round(opts.val_fraction * n) or int(n >= 3 and opts.val_fraction > 0)
+    roles = {s: "eval" for s in rest[:n_eval]} | {s: "val" for s in rest[n_eval : n_eval + n_val]}
+    roles |= {s: "train" for s in rest[n_eval + n_val :]}
+    return roles | named
+
+
+def assign_roles(cases: list[SourceCase], opts: PrepareOptions) -> tuple[list[SourceCase], list[Skip]]:
+    """Give every case a role (splitting by skull, never across roles) and expand generated defects."""
+    skulls = sorted({c.skull for c in cases if c.role is None})
+    by_skull = _split_skulls(skulls, opts)
+    out, excluded = [], []
+    for case in cases:
+        skull_role = case.role or by_skull.get(case.skull) or by_skull.get(case.case_id)
+        if case.defective is None:
+            kinds = {
+                "train": [("train", k) for k in opts.defects],
+                "val": [("val", k) for k in opts.defects],
+                "eval": [("eval1", k) for k in opts.defects] + [("eval2", k) for k in opts.shift_defects],
+                "eval1": [("eval1", k) for k in opts.defects],
+                "eval2": [("eval2", k) for k in (opts.shift_defects or opts.defects)],
+            }[skull_role]
+            for role, kind in kinds:
+                cid = f"{case.case_id}_{kind}"
+                out.append(replace(case, case_id=cid, defect=kind, role=role, seed=_case_seed(opts.seed, cid)))
+            continue
+        shifted = case.defect in opts.shift_defects
+        if skull_role == "eval":
+            role = "eval2" if shifted else "eval1"
+        elif skull_role in ("eval1", "eval2"):
+            role = skull_role
+        elif shifted:
+            excluded.append(Skip(case.case_id, f"defect type {case.defect} is held out for eval2, skull {case.skull} is {skull_role}"))
+            continue
+        else:
+            role = skull_role
+        out.append(replace(case, role=role, seed=_case_seed(opts.seed, case.case_id)))
+    return out, excluded
+
+
+def _read_mask(path: Path, layout: Layout, opts: PrepareOptions, largest: bool) -> np.ndarray:
+    image = read_image(path)
+    ref = layout.original
+    if tuple(image.GetSize()) != ref.shape or not np.allclose(image.GetSpacing(), ref.spacing, rtol=1e-4):
+        raise VolumeError(
+            f"{path}: size {image.GetSize()} / spacing {tuple(round(s, 4) for s in image.GetSpacing())} disagree with "
+            f"its partner's {ref.shape} / {tuple(round(s, 4) for s in ref.spacing)}; the pair must share one grid"
+        )
+    mask = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path))
+    return largest_component(mask) if largest else mask
+
+
+def _source_image(case: SourceCase, opts: PrepareOptions):
+    if case.synthetic_seed is not None:
+        shape = opts.synthetic_shape or opts.grid
+        mask, spacing, origin = synthetic_skull(case.synthetic_seed, shape, mandible=opts.mandible)
+        return from_array(mask.astype(np.uint8), Geometry(tuple(shape), spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    return read_image(case.complete if case.complete is not None else case.defective)
+
+
+def process_case(case: SourceCase, opts: PrepareOptions) -> dict:
+    """Prepare one case and write its volumes and record; returns the record.
+
+    Raises:
+        VolumeError, DefectError: the case cannot be prepared (the message names the file).
+    """
+    image = _source_image(case, opts)
+    layout = Layout.plan(image, opts.grid, opts.axial_slices)
+    record = {"id": case.case_id, "skull": case.skull, "role": case.role, "defect": case.defect, "seed": case.seed}
+    if case.synthetic_seed is not None:
+        complete = layout.canonical_array(image).astype(bool)
+        record["source"] = {"synthetic_seed": case.synthetic_seed}
+    else:
+        name = str(case.complete)
+        complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, name)
+        complete = largest_component(complete) if opts.keep_largest else complete
+        record["source"] = {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
+    if case.defective is None:
+        defect = make_defect(complete, layout.canonical.spacing, case.defect, case.seed)
+        implant = complete & defect.region
+        defective = complete & ~defect.region
+        record["defect_attempts"] = defect.attempts
+    else:
+        defective = _read_mask(case.defective, layout, opts, opts.keep_largest)
+        implant = _read_mask(case.implant, layout, opts, False) if case.implant is not None else complete & ~defective
+    if not implant.any():
+        raise VolumeError(f"{case.implant or case.defective}: the implant is empty (defective equals complete); check the pair")
+    record["removed_fraction"] = float(implant.sum() / complete.sum())
+    volumes = {"defective": defective, "complete": complete, "implant": implant}
+    grid_geometry = layout.grid_geometry()
+    record["grid"] = {}
+    for kind, mask in volumes.items():
+        rel = f"grid/{case.case_id}_{kind}.nii.gz"
+        write_image(from_array(layout.to_grid(mask), grid_geometry), opts.output / rel)
+        record["grid"][kind] = rel
+    if case.role in ("eval1", "eval2"):
+        record["original"] = {}
+        for kind, mask in volumes.items():
+            rel = f"original/{case.case_id}_{kind}.nii.gz"
+            write_image(layout.to_original(mask), opts.output / rel)
+            record["original"][kind] = rel
+    record["grid_spacing"] = list(grid_geometry.spacing)
+    record["layout"] = layout.to_dict()
+    atomic_write_text(opts.output / "cases" / f"{case.case_id}.json", json.dumps(record, indent=1))
+    return record
+
+
+def _finished(case: SourceCase, opts: PrepareOptions) -> dict | None:
+    path = opts.output / "cases" / f"{case.case_id}.json"
+    if opts.force or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    files = [*record.get("grid", {}).values(), *record.get("original", {}).values()]
+    same = record.get("role") == case.role and record.get("defect") == case.defect and record.get("seed") == case.seed
+    return record if same and all((opts.output / f).is_file() for f in files) else None
+
+
+def _work(args: tuple[SourceCase, PrepareOptions]) -> tuple[dict | None, Skip | None]:
+    case, opts = args
+    try:
+        return process_case(case, opts), None
+    except (VolumeError, DefectError) as e:
+        return None, Skip(case.case_id, str(e))
+    except Exception as e:  # one bad case must not stop the others; it is reported and recorded
+        return None, Skip(case.case_id, f"unexpected {type(e).__name__}: {e}")
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def prepare(opts: PrepareOptions) -> PrepareResult:
+    """Prepare a dataset folder (see :mod:`data_prep.manifest` for its layout) and return a summary.
+
+    Inputs that cannot be used are reported one line each (file and reason), recorded under ``skipped``
+    in the manifest, and every other case is still prepared.
+    """
+    start = time.perf_counter()
+    found, skipped = discover(opts.source, opts.path, opts.synthetic, opts.seed)
+    cases, excluded = assign_roles(found, opts)
+    for skip in skipped:
+        log.warning("skipped %s: %s", skip.file, skip.reason)
+    records, todo = [], []
+    for case in cases:
+        done = _finished(case, opts)
+        (records.append(done) if done is not None else todo.append(case))
+    reused = len(records)
+    jobs = [(c, opts) for c in todo]
+    bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=opts.quiet or not jobs)
+    if opts.workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(opts.workers, initializer=_init_worker) as pool:
+            results = []
+            for result in pool.imap_unordered(_work, jobs):
+                results.append(result)
+                bar.update()
+    else:
+        results = []
+        for job in jobs:
+            results.append(_work(job))
+            bar.update()
+    bar.close()
+    for record, skip in results:
+        if skip is not None:
+            log.warning("skipped %s: %s", skip.file, skip.reason)
+            skipped.append(skip)
+        else:
+            records.append(record)
+    manifest = Manifest(
+        opts.output / "manifest.json",
+        {
+            "format": FORMAT,
+            "grid": list(opts.grid),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "cases": sorted(records, key=lambda r: r["id"]),
+            "skipped": [s.to_dict() for s in skipped],
+            "excluded": [s.to_dict() for s in excluded],
+        },
+    )
+    manifest.save()
+    result = PrepareResult(manifest.path, len(records) - reused, reused, skipped, time.perf_counter() - start)
+    counts = {r: len(manifest.role(r)) for r in ("train", "val", "eval1", "eval2")}
+    log.info(
+        "prepared %d cases, reused %d, skipped %d (%s) in %.1f s -> %s",
+        result.prepared, reused, len(skipped), ", ".join(f"{k} {v}" for k, v in counts.items()), result.seconds, manifest.path,
+    )
+    return result

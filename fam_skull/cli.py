@@ -1,0 +1,111 @@
+"""The ``fam-skull`` command: a thin layer over the Python API, with the same parameter names."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text().replace("\n", ",")
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _logging(quiet: bool, verbose: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _prepare_parser(sub) -> None:
+    from data_prep.prepare import PrepareOptions
+
+    d = PrepareOptions(output=Path("."))
+    p = sub.add_parser("prepare", help="preprocess skulls, make defects, write a dataset manifest")
+    p.add_argument("output", type=Path, help="dataset folder to write")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--skullbreak", type=Path, metavar="ROOT", help="SkullBreak root (complete_skull/, defective_skull/, implant/)")
+    src.add_argument("--skullfix", type=Path, metavar="ROOT", help="SkullFix root (training_set/...)")
+    src.add_argument("--complete", type=Path, metavar="DIR", help="folder of complete skulls; defects are generated")
+    src.add_argument("--pairs", type=Path, metavar="CSV_OR_DIR", help="CSV defective,complete[,implant][,id] or a folder with defective/ complete/ [implant/]")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic skulls")
+    p.add_argument("--synthetic-shape", type=_ints, default=None, help="grid of the synthetic skulls (default: --grid)")
+    p.add_argument("--grid", type=_ints, default=d.grid, help="training grid x,y,z (default 256,256,128)")
+    p.add_argument("--axial-slices", type=int, default=None, help="crop/pad to this many axial slices (top kept) before resizing")
+    p.add_argument("--no-largest-component", dest="keep_largest", action="store_false", help="keep every connected component")
+    p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind, help="auto: negative values mean CT")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="bone threshold in HU for CT (default 150)")
+    p.add_argument("--defects", type=_names, default=d.defects, help="defect types generated for training and eval1")
+    p.add_argument("--shift-defects", type=_names, default=None, help="defect types of eval2 (unseen in training)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction)
+    p.add_argument("--eval1", type=_names, default=(), help="skull ids of evaluation set 1 (comma list or @file)")
+    p.add_argument("--eval2", type=_names, default=(), help="skull ids of evaluation set 2 (comma list or @file)")
+    p.add_argument("--mandible", action="store_true", help="synthetic skulls get a mandible arc")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--force", action="store_true", help="redo finished cases")
+    p.add_argument("--strict", action="store_true", help="exit nonzero when any input was skipped")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_prepare(args) -> int:
+    from data_prep.prepare import PrepareOptions, prepare
+
+    source = next(s for s in ("skullbreak", "skullfix", "complete", "pairs", "synthetic") if getattr(args, s) is not None)
+    opts = PrepareOptions(
+        output=args.output,
+        source=source,
+        path=None if source == "synthetic" else getattr(args, source),
+        synthetic=args.synthetic or 0,
+        synthetic_shape=args.synthetic_shape,
+        grid=args.grid,
+        axial_slices=args.axial_slices,
+        keep_largest=args.keep_largest,
+        input_kind=args.input_kind,
+        threshold=args.threshold,
+        defects=args.defects,
+        shift_defects=args.shift_defects,
+        val_fraction=args.val_fraction,
+        eval_fraction=args.eval_fraction,
+        eval1=args.eval1,
+        eval2=args.eval2,
+        mandible=args.mandible,
+        seed=args.seed,
+        workers=args.workers,
+        force=args.force,
+        strict=args.strict,
+        quiet=args.quiet,
+    )
+    result = prepare(opts)
+    if not result.ok:
+        logging.error("nothing usable was prepared; see the reasons above")
+        return 1
+    return 1 if args.strict and result.skipped else 0
+
+
+COMMANDS = {"prepare": (_prepare_parser, _run_prepare)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fam-skull", description="Skull reconstruction with FAM (relative flatness aware minimization).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        logging.error("fam-skull %s: %s", args.command, e)
+        return 2
