@@ -137,20 +137,20 @@ EXPECTED = {
 }
 
 
-def test_bad_inputs_are_reported_and_the_rest_is_prepared(tmp_path, skulls, caplog):
+def test_bad_inputs_are_reported_and_the_rest_is_prepared(tmp_path, skulls, capsys):
     import re
 
     csv = _bad_inputs(tmp_path, skulls[0])
-    with caplog.at_level(logging.WARNING):
-        code = main(["prepare", str(tmp_path / "out"), "--pairs", str(csv), "--grid", "24,24,12", "--eval-fraction", "0", "--val-fraction", "0", "--quiet"])
+    code = main(["prepare", str(tmp_path / "out"), "--pairs", str(csv), "--grid", "24,24,12", "--eval-fraction", "0", "--val-fraction", "0", "--quiet"])
     assert code == 0
+    err = capsys.readouterr().err
     manifest = Manifest.load(tmp_path / "out")
     assert [c["id"] for c in manifest.cases] == ["ok"]
     skipped = {s["file"].split("/")[-1]: s["reason"] for s in manifest.data["skipped"]}
     assert set(skipped) == set(EXPECTED)
     for key, pattern in EXPECTED.items():
         assert re.search(pattern, skipped[key]), (key, skipped[key])
-        assert sum(key in line and "skipped" in line for line in caplog.text.splitlines()) == 1
+        assert sum(key in line and "skipped" in line for line in err.splitlines()) == 1
     assert not any((tmp_path / "out").glob("*escape*")) and not (tmp_path / "escape.json").exists()
     code = main(["prepare", str(tmp_path / "out"), "--pairs", str(csv), "--grid", "24,24,12", "--quiet", "--strict"])
     assert code == 1
