@@ -9,7 +9,14 @@ from torch.func import functional_call
 
 from fam_skull.flatness import flatness_of_loss, relative_flatness, resolve_layer
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These checks compare against brute force to 1e-8: run them in double precision."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 def full_hessian(model, param_name, loss_fn, x, y):
