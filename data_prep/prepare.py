@@ -171,23 +171,28 @@ def _source_image(case: SourceCase, opts: PrepareOptions):
     return read_image(case.complete if case.complete is not None else case.defective)
 
 
-def process_case(case: SourceCase, opts: PrepareOptions) -> dict:
+def load_complete(case: SourceCase, opts: PrepareOptions) -> tuple[Layout, np.ndarray, dict]:
+    """The case's layout, its canonical complete skull, and the record of its source."""
+    image = _source_image(case, opts)
+    layout = Layout.plan(image, opts.grid, opts.axial_slices)
+    if case.synthetic_seed is not None:
+        return layout, layout.canonical_array(image).astype(bool), {"synthetic_seed": case.synthetic_seed}
+    complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(case.complete))
+    complete = largest_component(complete) if opts.keep_largest else complete
+    return layout, complete, {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
+
+
+def process_case(case: SourceCase, opts: PrepareOptions, loaded: tuple | None = None) -> dict:
     """Prepare one case and write its volumes and record; returns the record.
+
+    ``loaded`` is :func:`load_complete`'s result when another case of the same skull already has it.
 
     Raises:
         VolumeError, DefectError: the case cannot be prepared (the message names the file).
     """
-    image = _source_image(case, opts)
-    layout = Layout.plan(image, opts.grid, opts.axial_slices)
+    layout, complete, source = loaded or load_complete(case, opts)
     record = {"id": case.case_id, "skull": case.skull, "role": case.role, "defect": case.defect, "seed": case.seed}
-    if case.synthetic_seed is not None:
-        complete = layout.canonical_array(image).astype(bool)
-        record["source"] = {"synthetic_seed": case.synthetic_seed}
-    else:
-        name = str(case.complete)
-        complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, name)
-        complete = largest_component(complete) if opts.keep_largest else complete
-        record["source"] = {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
+    record["source"] = source
     if case.defective is None:
         defect = make_defect(complete, layout.canonical.spacing, case.defect, case.seed)
         implant = complete & defect.region
@@ -228,14 +233,24 @@ def _finished(case: SourceCase, opts: PrepareOptions) -> dict | None:
     return record if same and all((opts.output / f).is_file() for f in files) else None
 
 
-def _work(args: tuple[SourceCase, PrepareOptions]) -> tuple[dict | None, Skip | None]:
-    case, opts = args
-    try:
-        return process_case(case, opts), None
-    except (VolumeError, DefectError) as e:
-        return None, Skip(case.case_id, str(e))
-    except Exception as e:  # one bad case must not stop the others; it is reported and recorded
-        return None, Skip(case.case_id, f"unexpected {type(e).__name__}: {e}")
+def _source_key(case: SourceCase):
+    return (case.synthetic_seed, str(case.complete))
+
+
+def _work(args: tuple[list[SourceCase], PrepareOptions]) -> list[tuple[dict | None, Skip | None]]:
+    """Prepare the cases of one source skull, loading (or synthesizing) it once."""
+    group, opts = args
+    loaded, out = None, []
+    for case in group:
+        try:
+            if loaded is None:
+                loaded = load_complete(case, opts)
+            out.append((process_case(case, opts, loaded), None))
+        except (VolumeError, DefectError) as e:
+            out.append((None, Skip(case.case_id, str(e))))
+        except Exception as e:  # one bad case must not stop the others; it is reported and recorded
+            out.append((None, Skip(case.case_id, f"unexpected {type(e).__name__}: {e}")))
+    return out
 
 
 def _init_worker() -> None:
@@ -260,19 +275,21 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
         done = _finished(case, opts)
         (records.append(done) if done is not None else todo.append(case))
     reused = len(records)
-    jobs = [(c, opts) for c in todo]
-    bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=opts.quiet or not jobs)
+    groups: dict = {}
+    for case in todo:
+        groups.setdefault(_source_key(case), []).append(case)
+    jobs = [(g, opts) for g in groups.values()]
+    bar = tqdm(total=len(todo), desc="prepare", unit="case", disable=opts.quiet or not todo)
+    results = []
     if opts.workers > 1 and len(jobs) > 1:
         with mp.get_context("fork").Pool(opts.workers, initializer=_init_worker) as pool:
-            results = []
-            for result in pool.imap_unordered(_work, jobs):
-                results.append(result)
-                bar.update()
+            for done in pool.imap_unordered(_work, jobs):
+                results.extend(done)
+                bar.update(len(done))
     else:
-        results = []
         for job in jobs:
-            results.append(_work(job))
-            bar.update()
+            results.extend(_work(job))
+            bar.update(len(job[0]))
     bar.close()
     for record, skip in results:
         if skip is not None:
