@@ -1,8 +1,8 @@
 """FAM step cost next to the baseline, SAM, and a re-implementation of the authors' regularizer.
 
 MONAI UNet channels (8,16,32,64), strides (2,2,2), 2 residual units, batch 2 x 1x64x64x32, Dice loss, CPU.
-Each variant runs in a forked child, so its peak memory is its own: the peak-RSS mark is reset after the
-model and data are built, and the peak over a warm-up step and the timed steps is read at the end.
+Each variant runs in a forked child, so its peak memory is its own: the peak over building the model, a
+warm-up step and the timed steps.
 
     python benchmarks/fam_step.py [--steps 20] [--threads 2]
 """
@@ -10,26 +10,18 @@ model and data are built, and the peak over a warm-up step and the timed steps i
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
 
 import torch
 from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
+from _isolated import isolated
 from fam_skull.flatness import resolve_layer, weight_matrix
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.step import Stepper
 
 LAM = 1e-3
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def _data():
@@ -88,20 +80,16 @@ def _stepper(variant: str):
     return Stepper(model, loss_fn, opt, variant, sam_rho=0.05)
 
 
-def _run(variant: str, steps: int, threads: int, queue) -> None:
+def _run(variant: str, steps: int, threads: int):
     torch.set_num_threads(threads)
     x, y = _data()
     step = _stepper(variant)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS mark so VmHWM is this variant's peak from here on
-    base = _rss_kib("VmRSS")
     step(x, y)  # warm-up: allocator and kernels
     start = time.perf_counter()
     for _ in range(steps):
         step(x, y)
-    seconds = (time.perf_counter() - start) / steps
     probes = getattr(step, "probes", [])
-    queue.put((seconds, (_rss_kib("VmHWM") - base) / 1024, sum(probes) / max(len(probes), 1)))
+    return (time.perf_counter() - start) / steps, sum(probes) / max(len(probes), 1)
 
 
 def main() -> None:
@@ -118,14 +106,10 @@ def main() -> None:
         ("authors-style ||W||_F * Tr(H), their stopping rule", "authors", max(2, args.steps // 10)),
         ("authors-style, all 200 probes", "authors/200", 1),
     ]
-    ctx = mp.get_context("fork")
     results = {}
     for label, variant, steps in rows:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(variant, steps, args.threads, queue))
-        proc.start()
-        results[label] = queue.get()
-        proc.join()
+        _, peak, (seconds, probes) = isolated(_run, variant, steps, args.threads)
+        results[label] = (seconds, peak, probes)
     base_t, base_m, _ = results["baseline"]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps per row")
     print("| variant | s/step | time x baseline | peak step MiB | memory x baseline |")

@@ -18,9 +18,12 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _logging(quiet: bool, verbose: bool = False) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+def _logging(quiet: bool) -> None:
+    # the console handler is what --quiet silences; run folders' log files still get every INFO line
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console], force=True)
 
 
 def _prepare_parser(sub) -> None:
@@ -90,7 +93,33 @@ def _run_prepare(args) -> int:
     return 1 if args.strict and result.skipped else 0
 
 
-COMMANDS = {"prepare": (_prepare_parser, _run_prepare)}
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train baseline, FAM or SAM from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 fam.lam=0.02")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder exactly where it stopped")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _config_and_overrides(args) -> tuple[str | None, list[str]]:
+    # with --resume the first positional may already be an override
+    if args.config is not None and "=" in args.config:
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
+def _run_train(args) -> int:
+    from fam_skull.train import train
+
+    config, overrides = _config_and_overrides(args)
+    if config is None and args.resume is None:
+        raise ValueError("give a config file or --resume RUN")
+    result = train(config, overrides, resume=args.resume, quiet=args.quiet)
+    logging.info("finished %s: best validation DSC %.4f at epoch %d", result.run, result.best_dsc, result.best_epoch)
+    return 0
+
+
+COMMANDS = {"prepare": (_prepare_parser, _run_prepare), "train": (_train_parser, _run_train)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,206 @@
+"""Training configuration: YAML validated into typed dataclasses, with every default in one place.
+
+Unknown keys, wrong types and invalid values are errors that name the key, raised before any work.
+Overrides use dotted keys with YAML values: ``train.epochs=5 fam.lam=0.02 model.channels=[8,16,32]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""  # the manifest.json written by 'fam-skull prepare' (or its folder)
+    batch_size: int = 2  # global batch; split evenly across torchrun processes
+    cache: bool = True  # keep decoded volumes in memory (MONAI CacheDataset)
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # unet | autoencoder | linear_ae
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 2
+    norm: str = "instance"
+    act: str = "prelu"
+    dropout: float = 0.0
+    latent_size: int = 32  # linear_ae only
+
+
+@dataclass
+class LossConfig:
+    weight: float = 1.0  # the FAM paper's skull run used 80
+    reduction: str = "mean"  # DiceLoss reduction: mean | sum
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+
+
+@dataclass
+class FAMConfig:
+    lam: float = 0.002
+    layer: str = "bottleneck"
+    estimator: str = "hutchinson"  # hutchinson | exact
+    probes: int = 1
+    every: int = 1
+    scale_lambda: bool = True
+    warmup_steps: int = 0
+
+
+@dataclass
+class SAMConfig:
+    rho: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # CUDA only
+    val_every: int = 1
+    save_epochs: list[int] = field(default_factory=lambda: [100])
+    max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
+    threads: int = 0  # CPU threads (0: PyTorch's default)
+
+
+@dataclass
+class Config:
+    method: str = "baseline"  # baseline | fam | sam
+    output: str = "runs/run"  # the run folder
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fam: FAMConfig = field(default_factory=FAMConfig)
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+CHOICES = {
+    "method": ("baseline", "fam", "sam"),
+    "model.name": ("unet", "autoencoder", "linear_ae"),
+    "loss.reduction": ("mean", "sum"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "fam.estimator": ("hutchinson", "exact"),
+}
+POSITIVE = ("data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
+NON_NEGATIVE = ("fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
+
+
+def _coerce(value, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, options[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool) and type(value) is annotation:
+        return value
+    raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"unknown key {prefix}{key}{hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _get(config: Config, key: str):
+    obj = config
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(config: Config) -> Config:
+    """Value checks that types cannot express; raises ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        if _get(config, key) not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {_get(config, key)!r}")
+    for key in POSITIVE:
+        if _get(config, key) <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {_get(config, key)}")
+    for key in NON_NEGATIVE:
+        if _get(config, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")
+    if not config.data.manifest:
+        raise ConfigError("data.manifest: required (the manifest.json written by 'fam-skull prepare')")
+    return config
+
+
+def merge(base: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides (YAML values) to a nested dict."""
+    out = yaml.safe_load(yaml.safe_dump(base)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=5")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Read a YAML config (or start from ``base``), apply overrides, and validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type or invalid value (the message names the key), or an unreadable file.
+    """
+    values = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return validate(_build(Config, merge(values, list(overrides)), ""))
