@@ -119,7 +119,128 @@ def _run_train(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": (_prepare_parser, _run_prepare), "train": (_train_parser, _run_train)}
+def _predict_parser(sub) -> None:
+    from fam_skull.predict import PredictOptions
+
+    d = PredictOptions(run=Path("."), output=Path("."))
+    p = sub.add_parser("predict", help="completed skulls and implants in each case's original geometry")
+    p.add_argument("--run", type=Path, required=True, help="training run folder")
+    p.add_argument("--output", type=Path, required=True, help="folder for the predictions")
+    p.add_argument("--manifest", type=Path, help="prepared manifest (its evaluation sets are predicted)")
+    p.add_argument("--files", type=Path, nargs="+", default=[], help="defective skull volumes to predict instead")
+    p.add_argument("--roles", type=_names, default=d.roles, help="manifest roles to predict (default eval1,eval2)")
+    p.add_argument("--checkpoint", default=d.checkpoint, help="best, last, epoch_NNNN or a .pt path")
+    p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="drop smaller implant pieces")
+    p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
+    p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
+    p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind)
+    p.add_argument("--threshold", type=float, default=d.threshold)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--force", action="store_true", help="redo finished cases")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_predict(args) -> int:
+    from fam_skull.predict import PredictOptions, predict
+
+    if args.manifest is None and not args.files:
+        raise ValueError("give --manifest or --files")
+    opts = PredictOptions(**{k: v for k, v in vars(args).items() if k in PredictOptions.__dataclass_fields__})
+    result = predict(opts)
+    return 1 if result.predicted + result.reused == 0 else 0
+
+
+def _evaluate_parser(sub) -> None:
+    from fam_skull.evaluate import EvaluateOptions
+
+    d = EvaluateOptions(predictions=[], manifest=Path("."), output=Path("."))
+    p = sub.add_parser("evaluate", help="DSC, HD, HD95 per case and set, paper-style tables and plots")
+    p.add_argument("predictions", nargs="+", help="prediction folders, optionally label=folder")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="report folder")
+    p.add_argument("--sets", type=_names, default=d.sets, help="evaluation sets (default eval1,eval2)")
+    p.add_argument("--subset", type=int, default=d.subset, help="size of the subset aggregates (default 100)")
+    p.add_argument("--empty", choices=["diagonal", "inf"], default=d.empty, help="score of a missing surface (default: the volume diagonal)")
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--force", action="store_true", help="recompute cached per-case results")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_evaluate(args) -> int:
+    from fam_skull.evaluate import EvaluateOptions, evaluate
+
+    opts = EvaluateOptions(**{k: v for k, v in vars(args).items() if k in EvaluateOptions.__dataclass_fields__})
+    result = evaluate(opts)
+    print((result.output / "table.md").read_text())
+    return 0
+
+
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="baseline, FAM at several lambdas (and SAM) over seeds: train, predict, evaluate, one table")
+    p.add_argument("config", help="sweep YAML (sections 'sweep' and 'run')")
+    p.add_argument("overrides", nargs="*", help="e.g. sweep.seeds=[0,1] run.train.epochs=50")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_sweep(args) -> int:
+    from fam_skull.sweep import load_sweep, sweep
+
+    config, run = load_sweep(args.config, args.overrides)
+    result = sweep(config, run, quiet=args.quiet)
+    print(result.table)
+    return 0
+
+
+def _demo_parser(sub) -> None:
+    from fam_skull.demo import DEMO_CONFIG
+
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic skulls, on a CPU, in minutes")
+    p.add_argument("overrides", nargs="*", help="e.g. prepare.synthetic=6 run.train.epochs=2")
+    p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo settings (default configs/demo.yaml)")
+    p.add_argument("--output", type=Path, default=Path("demo_out"))
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_demo(args) -> int:
+    from fam_skull.demo import demo
+
+    result = demo(args.config, args.output, args.overrides, quiet=args.quiet)
+    print(result.table)
+    print(f"report: {result.output / 'report' / 'report.md'}")
+    return 0
+
+
+def _flatness_parser(sub) -> None:
+    p = sub.add_parser("flatness", help="kappa of a trained model's FAM layer over a dataset, with a 95% interval")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="prepared manifest")
+    p.add_argument("--roles", type=_names, default=("train",), help="manifest roles measured (default train)")
+    p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per case")
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=None, help="also write the result as JSON")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_flatness(args) -> int:
+    from fam_skull.measure import measure_flatness
+
+    r = measure_flatness(args.run, args.data, roles=args.roles, probes=args.probes, max_cases=args.max_cases,
+                         checkpoint=args.checkpoint, seed=args.seed, output=args.output, quiet=args.quiet)
+    print(f"{r.method}: kappa({r.layer}) = {r.kappa:.6g}, 95% CI [{r.ci95[0]:.6g}, {r.ci95[1]:.6g}] over {len(r.per_case)} cases")
+    return 0
+
+
+COMMANDS = {
+    "prepare": (_prepare_parser, _run_prepare),
+    "train": (_train_parser, _run_train),
+    "predict": (_predict_parser, _run_predict),
+    "evaluate": (_evaluate_parser, _run_evaluate),
+    "sweep": (_sweep_parser, _run_sweep),
+    "demo": (_demo_parser, _run_demo),
+    "flatness": (_flatness_parser, _run_flatness),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,7 +129,8 @@ def _coerce(value, annotation, key: str):
     raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
 
 
-def _build(cls, values: dict, prefix: str):
+def build_section(cls, values: dict, prefix: str = ""):
+    """A dataclass from a mapping, with its keys and types checked (errors name ``prefix + key``)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -142,7 +143,7 @@ def _build(cls, values: dict, prefix: str):
             raise ConfigError(f"unknown key {prefix}{key}{hint}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
-            kwargs[key] = _build(annotation, value or {}, f"{prefix}{key}.")
+            kwargs[key] = build_section(annotation, value or {}, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, annotation, f"{prefix}{key}")
     return cls(**kwargs)
@@ -203,4 +204,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return validate(_build(Config, merge(values, list(overrides)), ""))
+    return validate(build_section(Config, merge(values, list(overrides))))

@@ -10,17 +10,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 from data_prep.manifest import Manifest, ManifestError
 
 
-def _items(manifest: Manifest, role: str) -> list[dict]:
-    items = []
+def items(manifest: Manifest, role: str) -> list[dict]:
+    """Dataset items (id, image = grid defective path, label = grid complete path) of the ``role`` cases."""
+    out = []
     for case in manifest.role(role):
-        items.append(
+        out.append(
             {
                 "id": case["id"],
                 "image": str(manifest.file(case, "grid", "defective")),
                 "label": str(manifest.file(case, "grid", "complete")),
             }
         )
-    return items
+    return out
 
 
 def transforms() -> Compose:
@@ -40,12 +41,12 @@ def dataset(manifest: Manifest, role: str, cache: bool = True, progress: bool = 
     Raises:
         ManifestError: no case has this role.
     """
-    items = _items(manifest, role)
-    if not items:
+    entries = items(manifest, role)
+    if not entries:
         raise ManifestError(f"{manifest.path}: no {role} cases; prepare more skulls or change the split")
     if cache:
-        return CacheDataset(items, transforms(), cache_rate=1.0, num_workers=None, progress=progress)
-    return Dataset(items, transforms())
+        return CacheDataset(entries, transforms(), cache_rate=1.0, num_workers=None, progress=progress)
+    return Dataset(entries, transforms())
 
 
 def loader(ds, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> DataLoader:

@@ -8,40 +8,19 @@ import pytest
 import torch
 import yaml
 
-from data_prep.prepare import PrepareOptions, prepare
+from conftest import TINY_UNET, write_config
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.cli import main
 
 MODELS = {
-    "unet": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "unet": TINY_UNET,
     "autoencoder": {"name": "autoencoder", "channels": [4, 8, 8], "strides": [2, 2, 2], "num_res_units": 0},
     "linear_ae": {"name": "linear_ae", "channels": [4, 8, 8], "strides": [2, 2, 2], "num_res_units": 0, "latent_size": 8},
 }
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    prepare(PrepareOptions(out, synthetic=6, grid=(32, 32, 16), defects=("sphere",), shift_defects=("random",),
-                           val_fraction=0.2, eval_fraction=0.2, quiet=True))
-    return out / "manifest.json"
-
-
 def config_file(tmp_path, manifest, method="baseline", model="unet", **extra):
-    cfg = {
-        "method": method,
-        "output": str(tmp_path / f"run_{method}_{model}"),
-        "data": {"manifest": str(manifest), "batch_size": 2},
-        "model": MODELS[model],
-        "optim": {"lr": 1e-3},
-        "fam": {"lam": 0.01},
-        "train": {"epochs": 2, "save_epochs": [1], "threads": 1},
-    }
-    for key, value in extra.items():
-        cfg.setdefault(key, {}).update(value)
-    path = tmp_path / f"{method}_{model}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path, cfg["output"]
+    return write_config(tmp_path, manifest, method, MODELS[model], f"run_{method}_{model}", **extra)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -75,7 +54,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, manifest):
     assert b["epoch"] == 2 and len(b["history"]) == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    assert a["regularizer"]["step"] == b["regularizer"]["step"] == 4
+    assert a["regularizer"]["step"] == b["regularizer"]["step"] == 8  # 2 epochs x 4 batches of 2
     assert a["history"][1]["loss"] == b["history"][1]["loss"]
 
 

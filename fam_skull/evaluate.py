@@ -1,0 +1,213 @@
+"""``fam-skull evaluate``: DSC/HD/HD95/ASSD (and boundary DSC of implants) per case, set and method.
+
+For every method (a predictions folder) and evaluation set: per-case results in
+``<output>/<method>/cases/<id>.json`` (written as each case finishes, reused by reruns), ``per_case.csv``,
+and ``summary.json`` shaped like nnU-Net's (``metric_per_case`` plus aggregates); then the paper's table,
+box plots and slice overlays (:mod:`fam_skull.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.io import VolumeError, atomic_write_text, read_image, to_array
+from data_prep.manifest import Manifest
+from fam_skull.metrics import compute_metrics
+from fam_skull.predict import INDEX
+
+log = logging.getLogger("fam_skull.evaluate")
+TARGETS = ("implant", "complete")
+METRICS = ("dsc", "hd", "hd95", "assd", "bdsc")
+
+
+@dataclass
+class EvaluateOptions:
+    """Parameters of ``fam-skull evaluate`` (the CLI flags have the same names).
+
+    Attributes:
+        predictions: folders written by ``fam-skull predict``; ``label=folder`` names a method, otherwise
+            the label comes from the run (baseline / FAM, lambda = ... / SAM, rho = ...).
+        manifest: the prepared manifest holding the ground truth.
+        output: report folder.
+        sets: evaluation sets (manifest roles).
+        subset: size of the subset aggregates (the first N case ids in sorted order, or all when fewer).
+        empty: empty-mask policy of :func:`fam_skull.metrics.compute_metrics`.
+        workers: parallel processes.
+    """
+
+    predictions: list[str]
+    manifest: Path
+    output: Path
+    sets: tuple[str, ...] = ("eval1", "eval2")
+    subset: int = 100
+    empty: str = "diagonal"
+    workers: int = 1
+    force: bool = False
+    quiet: bool = False
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") or "method"
+
+
+def _methods(predictions: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for item in predictions:
+        label, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
+        folder = Path(folder)
+        if not (folder / INDEX).is_file():
+            raise FileNotFoundError(f"{folder}: no {INDEX}; run 'fam-skull predict' into this folder first")
+        out.append((label or json.loads((folder / INDEX).read_text())["method"], folder))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two prediction folders share a method label ({labels}); name them as label=folder")
+    return out
+
+
+def _read_binary(path: Path, what: str) -> tuple[np.ndarray, tuple]:
+    image = read_image(path)
+    array = to_array(image)
+    values = np.unique(array)
+    if not set(values.tolist()) <= {0, 1}:
+        raise VolumeError(f"{path}: {what} has non-binary values {values[:6].tolist()}; write 0/1 masks")
+    return array.astype(bool), (tuple(image.GetSize()), tuple(image.GetSpacing()))
+
+
+def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> dict:
+    """Metrics of one case's completed skull and implant against the ground truth in the original space.
+
+    Raises:
+        VolumeError: missing or unreadable file, non-binary values, or geometry differing from the reference.
+    """
+    out = {}
+    defective, _ = _read_binary(gt_files["defective"], "the defective skull")
+    for target in TARGETS:
+        gt, geometry = _read_binary(gt_files[target], f"the reference {target}")
+        if target not in pred_files:
+            raise VolumeError(f"no predicted {target}; rerun 'fam-skull predict'")
+        pred, pred_geometry = _read_binary(pred_files[target], f"the predicted {target}")
+        if pred_geometry[0] != geometry[0] or not np.allclose(pred_geometry[1], geometry[1], rtol=1e-5):
+            raise VolumeError(
+                f"{pred_files[target]}: size/spacing {pred_geometry} differ from the reference's {geometry}; "
+                "predictions must be written in the original geometry"
+            )
+        m = compute_metrics(pred, gt, geometry[1], defective=defective if target == "implant" else None, empty=empty)
+        out[target] = m
+    return out
+
+
+def _job(args) -> tuple[str, str, dict]:
+    method_dir, case_id, role, pred_files, gt_files, empty = args
+    try:
+        result = {"case": case_id, "set": role, **evaluate_case(pred_files, gt_files, empty)}
+    except (VolumeError, ValueError, OSError) as e:
+        result = {"case": case_id, "set": role, "error": str(e)}
+    atomic_write_text(Path(method_dir) / "cases" / f"{case_id}.json", json.dumps(result, indent=1))
+    return method_dir, case_id, result
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    if len(a) == 0:
+        return {"mean": None, "std": None, "median": None, "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "median": float(np.median(a)), "n": int(len(a))}
+
+
+def aggregate(results: list[dict], subset: int) -> dict:
+    """Per target and metric: mean/std/median over all evaluated cases and over the first ``subset`` case ids.
+
+    Failed cases are counted, never averaged; a missed (empty) prediction is scored by the empty policy,
+    so it always worsens the means.
+    """
+    ok = sorted((r for r in results if "error" not in r), key=lambda r: r["case"])
+    first = sorted(r["case"] for r in results)[:subset]
+    sub = [r for r in ok if r["case"] in set(first)]
+    out = {
+        "cases": len(results),
+        "failed": len(results) - len(ok),
+        "empty_predictions": sum(r[t]["empty"] in ("prediction", "both") for r in ok for t in TARGETS),
+        "subset": {"size": len(first), "all_cases": len(first) == len(results), "rule": f"first {subset} case ids in sorted order"},
+    }
+    for target in TARGETS:
+        out[target] = {}
+        for metric in METRICS:
+            vals = [r[target][metric] for r in ok if metric in r[target]]
+            if vals:
+                out[target][metric] = {"all": _stats(vals), "subset": _stats([r[target][metric] for r in sub])}
+    return out
+
+
+@dataclass
+class EvaluateResult:
+    output: Path
+    summaries: dict = field(default_factory=dict)  # label -> summary dict
+    failed: int = 0
+
+
+def evaluate(opts: EvaluateOptions) -> EvaluateResult:
+    """Evaluate every method on every set and write the reports (see the module docstring)."""
+    from fam_skull.report import write_reports
+
+    manifest = Manifest.load(opts.manifest)
+    methods = _methods(opts.predictions)
+    output = Path(opts.output)
+    jobs, results = [], {label: [] for label, _ in methods}
+    dirs = {}
+    for label, folder in methods:
+        method_dir = output / slug(label)
+        dirs[str(method_dir)] = label
+        index = json.loads((folder / INDEX).read_text())
+        for role in opts.sets:
+            for case in manifest.role(role):
+                cached = method_dir / "cases" / f"{case['id']}.json"
+                if cached.is_file() and not opts.force:
+                    results[label].append(json.loads(cached.read_text()))
+                    continue
+                entry = index.get("cases", {}).get(case["id"])
+                pred_files = {k: folder / v for k, v in entry["files"].items()} if entry else {}
+                gt_files = {k: manifest.root / v for k, v in case.get("original", {}).items()}
+                if not entry:
+                    failure = {"case": case["id"], "set": role, "error": f"{folder}: no prediction for case {case['id']}"}
+                    atomic_write_text(cached, json.dumps(failure, indent=1))
+                    results[label].append(failure)
+                    continue
+                jobs.append((str(method_dir), case["id"], role, pred_files, gt_files, opts.empty))
+    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=opts.quiet or not jobs)
+    if opts.workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(opts.workers) as pool:
+            for method_dir, _, result in pool.imap_unordered(_job, jobs):
+                results[dirs[method_dir]].append(result)
+                bar.update()
+    else:
+        for job in jobs:
+            method_dir, _, result = _job(job)
+            results[dirs[method_dir]].append(result)
+            bar.update()
+    bar.close()
+    summaries, failed = {}, 0
+    for label, folder in methods:
+        method_results = sorted(results[label], key=lambda r: (r["set"], r["case"]))
+        for r in method_results:
+            if "error" in r:
+                log.warning("%s, case %s: %s", label, r["case"], r["error"])
+        summary = {
+            "method": label,
+            "predictions": str(folder),
+            "empty_policy": opts.empty,
+            "sets": {role: aggregate([r for r in method_results if r["set"] == role], opts.subset) for role in opts.sets},
+            "metric_per_case": method_results,
+        }
+        failed += sum(s["failed"] for s in summary["sets"].values())
+        atomic_write_text(output / slug(label) / "summary.json", json.dumps(summary, indent=1))
+        summaries[label] = summary
+    write_reports(summaries, manifest, output, opts.sets)
+    log.info("evaluated %d methods on %s; %d failed cases -> %s", len(methods), ", ".join(opts.sets), failed, output)
+    return EvaluateResult(output, summaries, failed)

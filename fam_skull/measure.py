@@ -1,0 +1,60 @@
+"""``fam-skull flatness``: kappa of a trained model's FAM layer over a dataset, with a confidence interval.
+
+The task loss of a dataset is the mean of per-case losses, and kappa is linear in the Hessian, so the
+dataset's kappa is the mean of per-case kappas; each case contributes an unbiased Hutchinson estimate and
+the interval is mean +- 1.96 standard errors over cases (probe noise included).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_prep.io import atomic_write_text
+from data_prep.manifest import Manifest
+from monai.data import Dataset
+
+from fam_skull.data import items, transforms
+from fam_skull.flatness import relative_flatness
+from fam_skull.predict import load_run, method_label
+from fam_skull.train import build_loss
+
+
+@dataclass
+class FlatnessReport:
+    method: str
+    layer: str
+    kappa: float
+    ci95: tuple[float, float]
+    per_case: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "layer": self.layer, "kappa": self.kappa, "ci95": list(self.ci95), "n": len(self.per_case), "per_case": self.per_case}
+
+
+def measure_flatness(run: str | Path, data: str | Path, *, roles=("train",), probes: int = 4, max_cases: int | None = None,
+                     checkpoint: str = "best", seed: int = 0, output: str | Path | None = None, quiet: bool = False) -> FlatnessReport:
+    """kappa (not scaled by (2m)^-1) of the run's FAM layer (``fam.layer``, default the bottleneck) over the
+    ``roles`` cases of a manifest, one case per batch, ``probes`` Hutchinson probes per case."""
+    model, config, _, _ = load_run(run, checkpoint)
+    manifest = Manifest.load(data)
+    entries = [e for role in roles for e in items(manifest, role)][: max_cases or None]
+    if not entries:
+        raise ValueError(f"{manifest.path}: no cases with role {', '.join(roles)}")
+    loss_fn = build_loss(config)
+    generator = torch.Generator().manual_seed(seed)
+    per_case = {}
+    for item in tqdm(Dataset(entries, transforms()), total=len(entries), desc="flatness", unit="case", disable=quiet):
+        kappa = relative_flatness(model, config.fam.layer, loss_fn, item["image"][None], item["label"][None], probes=probes, generator=generator)
+        per_case[item["id"]] = float(kappa.detach())
+    values = np.array(list(per_case.values()))
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    report = FlatnessReport(method_label(config), config.fam.layer, float(values.mean()), (float(values.mean() - half), float(values.mean() + half)), per_case)
+    if output is not None:
+        atomic_write_text(output, json.dumps(report.to_dict(), indent=1))
+    return report

@@ -1,0 +1,228 @@
+"""``fam-skull predict``: completed skulls and implants, written back in each case's original geometry.
+
+The implant is the bone the network adds to the defective skull (on the training grid), resampled to the
+original geometry, minus the defective skull, with components under ``min_component_mm3`` removed. The
+completed skull is the defective skull (the known input, exact) united with that implant.
+
+Output folder: ``<id>_complete.nii.gz`` and ``<id>_implant.nii.gz`` per case (optionally ``<id>_implant.stl``,
+a mesh in LPS millimetres for 3D printing) and ``predictions.json`` listing them; the index is rewritten
+after every case, so an interrupted run keeps what it finished and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import yaml
+from scipy import ndimage
+from tqdm import tqdm
+
+from data_prep.io import VolumeError, atomic_write_text, from_array, read_image, to_array, write_image
+from data_prep.manifest import Manifest
+from data_prep.preprocess import Layout, binarize, largest_component
+from data_prep.sources import safe_id, stem
+from fam_skull.checkpoint import load_checkpoint
+from fam_skull.config import load_config
+from fam_skull.train import model_from_config
+
+log = logging.getLogger("fam_skull.predict")
+INDEX = "predictions.json"
+
+
+def method_label(config) -> str:
+    """How a run is named in tables: baseline, FAM with its lambda, or SAM with its rho."""
+    if config.method == "fam":
+        return f"FAM, lambda = {config.fam.lam:g}"
+    if config.method == "sam":
+        return f"SAM, rho = {config.sam.rho:g}"
+    return "baseline"
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+    """The trained model (eval mode), its config and training grid.
+
+    ``checkpoint`` is ``best``, ``last``, ``epoch_NNNN`` or a path; ``best`` falls back to ``last`` when a run
+    never validated.
+    """
+    run = Path(run)
+    config = load_config(run / "config.yaml")
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else run / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path, map_location=device)
+    grid = tuple(state["grid"])
+    model = model_from_config(config, grid)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, grid, path
+
+
+def clean_implant(implant: np.ndarray, spacing, min_component_mm3: float) -> np.ndarray:
+    """Drop connected components smaller than ``min_component_mm3`` (resampling leaves thin slivers along
+    the defect's rim)."""
+    if min_component_mm3 <= 0 or not implant.any():
+        return implant
+    labels, n = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel()) * float(np.prod(spacing))
+    keep = sizes >= min_component_mm3
+    keep[0] = False
+    return keep[labels]
+
+
+def write_stl(mask: np.ndarray, image: sitk.Image, path: Path) -> int:
+    """A binary STL of ``mask``'s surface in physical (LPS) millimetres; returns the triangle count."""
+    from skimage.measure import marching_cubes
+
+    padded = np.pad(mask, 1).astype(np.float32)
+    verts, faces, _, _ = marching_cubes(padded, 0.5)
+    verts -= 1  # undo the padding: vertices are continuous voxel indices
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    points = np.asarray(image.GetOrigin()) + (verts * np.asarray(image.GetSpacing())) @ direction.T
+    tri = points[faces].astype(np.float32)
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+    records = np.zeros(len(tri), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")])
+    records["n"], records["v"] = normals, tri
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    with open(tmp, "wb") as f:
+        f.write(b"fam-skull implant, LPS mm".ljust(80, b" "))
+        f.write(np.uint32(len(tri)).tobytes())
+        f.write(records.tobytes())
+    tmp.replace(path)
+    return len(tri)
+
+
+@dataclass
+class PredictOptions:
+    """Parameters of ``fam-skull predict`` (the CLI flags have the same names).
+
+    Attributes:
+        run: a training run folder.
+        output: folder for the predictions.
+        manifest: a prepared manifest; its ``roles`` cases are predicted.
+        files: defective skull volumes to predict instead (any format SimpleITK reads).
+        roles: manifest roles to predict (default both evaluation sets).
+        checkpoint: ``best``, ``last``, ``epoch_NNNN`` or a .pt path.
+        min_component_mm3: implant components smaller than this are removed.
+        stl: also write ``<id>_implant.stl``.
+        roi_size: sliding-window size on the grid (None: the whole grid at once).
+        input_kind, threshold: how ``files`` are binarized (as in ``prepare``).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    run: Path
+    output: Path
+    manifest: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    roles: tuple[str, ...] = ("eval1", "eval2")
+    checkpoint: str = "best"
+    min_component_mm3: float = 100.0
+    stl: bool = False
+    roi_size: tuple[int, int, int] | None = None
+    input_kind: str = "auto"
+    threshold: float = 150.0
+    device: str = "auto"
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class PredictResult:
+    output: Path
+    predicted: int
+    reused: int
+    failed: list[dict]
+
+
+def _cases(opts: PredictOptions, grid) -> list[dict]:
+    """(id, loader) pairs; each loader returns (grid defective, layout, original defective or None)."""
+    out = []
+    if opts.manifest is not None:
+        manifest = Manifest.load(opts.manifest)
+        if tuple(manifest.data["grid"]) != tuple(grid):
+            raise ValueError(f"{manifest.path}: grid {manifest.data['grid']} differs from the run's {list(grid)}; prepare the data on the run's grid")
+        for case in manifest.role(*opts.roles):
+            def load(case=case, manifest=manifest):
+                layout = Layout.from_dict(case["layout"])
+                defective_grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
+                original = case.get("original", {}).get("defective")
+                defective = to_array(read_image(manifest.root / original)) != 0 if original else None
+                return defective_grid, layout, defective
+            out.append({"id": case["id"], "source": case["id"], "load": load})
+    for path in opts.files:
+        def load(path=Path(path)):
+            image = read_image(path)
+            layout = Layout.plan(image, grid)
+            canonical = largest_component(binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path)))
+            return layout.to_grid(canonical), layout, to_array(layout.to_original(canonical)) != 0
+        out.append({"id": safe_id(stem(Path(path))), "source": str(path), "load": load})
+    return out
+
+
+@torch.no_grad()
+def complete_on_grid(model, defective_grid: np.ndarray, device, roi_size=None) -> np.ndarray:
+    """The network's completed skull (argmax of 2 classes) on the training grid."""
+    x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
+    if roi_size is not None:
+        from monai.inferers import sliding_window_inference
+
+        logits = sliding_window_inference(x, roi_size, 1, model, overlap=0.25)
+    else:
+        logits = model(x)
+    return logits.argmax(1)[0].cpu().numpy().astype(bool)
+
+
+def predict(opts: PredictOptions) -> PredictResult:
+    """Predict every case; one case's bad input is recorded in the index and the others go on."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device)
+    model, config, grid, ckpt = load_run(opts.run, opts.checkpoint, device)
+    if opts.roi_size is not None and config.model.name == "linear_ae":
+        raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
+    output = Path(opts.output)
+    index_path = output / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() and not opts.force else {}
+    index.update({"run": str(Path(opts.run).resolve()), "checkpoint": str(ckpt), "method": method_label(config),
+                  "config": yaml.safe_load(config.to_yaml())})
+    done = index.setdefault("cases", {})
+    failed = index["failed"] = []
+    cases = _cases(opts, grid)
+    reused = predicted = 0
+    for case in tqdm(cases, desc="predict", unit="case", disable=opts.quiet):
+        cid = case["id"]
+        entry = done.get(cid)
+        if entry and all((output / f).is_file() for f in entry["files"].values()):
+            reused += 1
+            continue
+        try:
+            defective_grid, layout, defective = case["load"]()
+            completed_grid = complete_on_grid(model, defective_grid, device, opts.roi_size)
+            if defective is None:
+                defective = to_array(layout.from_grid(defective_grid)) != 0
+            # the implant is what the network adds to its input, found on the grid (where input and output
+            # align exactly) and then resampled; subtracting a resampled completed skull from the original
+            # defective one instead leaves slivers along the whole skull surface
+            added = to_array(layout.from_grid(completed_grid & ~defective_grid)) != 0
+            implant = clean_implant(added & ~defective, layout.original.spacing, opts.min_component_mm3)
+            completed_image = from_array((defective | implant).astype(np.uint8), layout.original)
+            files = {"complete": f"{cid}_complete.nii.gz", "implant": f"{cid}_implant.nii.gz"}
+            write_image(completed_image, output / files["complete"])
+            implant_image = from_array(implant.astype(np.uint8), layout.original)
+            write_image(implant_image, output / files["implant"])
+            if opts.stl and implant.any():
+                files["stl"] = f"{cid}_implant.stl"
+                write_stl(implant, implant_image, output / files["stl"])
+            done[cid] = {"source": case["source"], "files": files, "implant_voxels": int(implant.sum())}
+            predicted += 1
+        except (VolumeError, ValueError, RuntimeError) as e:
+            log.warning("skipped %s: %s", cid, e)
+            failed.append({"case": cid, "reason": str(e)})
+        atomic_write_text(index_path, json.dumps(index, indent=1))
+    atomic_write_text(index_path, json.dumps(index, indent=1))
+    log.info("predicted %d cases, reused %d, failed %d -> %s", predicted, reused, len(failed), output)
+    return PredictResult(output, predicted, reused, failed)

@@ -1,0 +1,166 @@
+"""Reports of an evaluation: the paper's table (Markdown and CSV), per-case CSV, box plots, slice overlays."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.io import atomic_write_text, read_image, to_array
+from data_prep.manifest import Manifest
+
+COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
+SET_NAMES = {"eval1": "set 1", "eval2": "set 2"}
+
+
+def _cell(values: list[float | None], metric: str) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    digits = 4 if metric == "dsc" else 3
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant") -> tuple[str, str]:
+    """The paper's layout: one row per method; per set DSC, DSC (100), HD, HD (100), HD95, HD95 (100).
+
+    ``runs`` maps a method label to the summaries of its runs (one per seed): a cell is the mean over runs
+    of the per-run means, +- the standard deviation over runs when there are several.
+    """
+    header = ["method"]
+    for s in sets:
+        for _, name in COLUMNS:
+            header += [f"{SET_NAMES.get(s, s)}: {name}", f"{SET_NAMES.get(s, s)}: {name} (100)"]
+    rows = []
+    for label, summaries in runs.items():
+        row = [label if len(summaries) == 1 else f"{label} ({len(summaries)} seeds)"]
+        for s in sets:
+            for metric, _ in COLUMNS:
+                for scope in ("all", "subset"):
+                    vals = [summ["sets"][s][target].get(metric, {}).get(scope, {}).get("mean") for summ in summaries]
+                    row.append(_cell(vals, metric))
+        rows.append(row)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    notes = []
+    for s in sets:
+        first = next(iter(runs.values()))[0]["sets"][s]
+        failed = {label: sum(summ["sets"][s]["failed"] for summ in summaries) for label, summaries in runs.items()}
+        sub = first["subset"]
+        notes.append(
+            f"- {SET_NAMES.get(s, s)} ({s}): {first['cases']} cases; the (100) columns use "
+            + (f"all {sub['size']} cases (fewer than 100)" if sub["all_cases"] else f"the {sub['rule']}")
+            + "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items())
+        )
+    md_text = "\n".join(md) + "\n\n" + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions).\n" + "\n".join(notes) + "\n"
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return md_text, out.getvalue()
+
+
+def per_case_csv(summaries: dict[str, dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["method", "set", "case", "target", "dsc", "hd", "hd95", "assd", "bdsc", "empty", "error"])
+    for label, summary in summaries.items():
+        for r in summary["metric_per_case"]:
+            if "error" in r:
+                writer.writerow([label, r["set"], r["case"], "", "", "", "", "", "", "", r["error"]])
+                continue
+            for target in ("implant", "complete"):
+                m = r[target]
+                writer.writerow([label, r["set"], r["case"], target] + [m.get(k, "") for k in ("dsc", "hd", "hd95", "assd", "bdsc")] + [m["empty"] or "", ""])
+    return out.getvalue()
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    tmp = path.with_name(".tmp-" + path.name)
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
+    """Implant DSC and HD95 per set and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(sets), figsize=(4 + 2.2 * len(summaries) * len(sets), 7), squeeze=False)
+    for j, s in enumerate(sets):
+        for i, (metric, name) in enumerate((("dsc", "implant DSC"), ("hd95", "implant HD95 (mm)"))):
+            data = [[r["implant"][metric] for r in summ["metric_per_case"] if r["set"] == s and "error" not in r] for summ in summaries.values()]
+            ax = axes[i, j]
+            ax.boxplot([d if d else [np.nan] for d in data])
+            ax.set_xticks(range(1, len(summaries) + 1), list(summaries), rotation=20, ha="right", fontsize=8)
+            ax.set_title(f"{SET_NAMES.get(s, s)}: {name}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
+    """Mid-slices through the reference implant of the best, median and worst cases (implant DSC):
+    defective skull grey, reference implant green, prediction outlined red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = sorted((r for r in summary["metric_per_case"] if "error" not in r), key=lambda r: r["implant"]["dsc"])
+    if not ok:
+        return
+    picks = {"best": ok[-1], "median": ok[len(ok) // 2], "worst": ok[0]}
+    cases = {c["id"]: c for c in manifest.cases}
+    folder = Path(summary["predictions"])
+    index = json.loads((folder / "predictions.json").read_text())["cases"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+    for ax, (name, r) in zip(axes, picks.items()):
+        case = cases[r["case"]]
+        gt = to_array(read_image(manifest.file(case, "original", "implant"))) != 0
+        defective = to_array(read_image(manifest.file(case, "original", "defective"))) != 0
+        pred = to_array(read_image(folder / index[r["case"]]["files"]["implant"])) != 0
+        z = int(np.argwhere(gt)[:, 2].mean()) if gt.any() else gt.shape[2] // 2
+        rgb = np.zeros(gt.shape[:2] + (3,))
+        rgb[defective[:, :, z]] = 0.6
+        rgb[gt[:, :, z]] = (0.1, 0.8, 0.2)
+        ax.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower")
+        if pred[:, :, z].any():
+            ax.contour(pred[:, :, z].T.astype(float), levels=[0.5], colors="red", linewidths=1)
+        ax.set_title(f"{name}: {r['case']} (DSC {r['implant']['dsc']:.3f})", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(summary["method"])
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, sets) -> None:
+    """table(.md/.csv) for implants, table_complete(.md/.csv) for completed skulls, per_case.csv,
+    boxplots.png, overlays_<method>.png and report.md in ``output``."""
+    from fam_skull.evaluate import slug
+
+    output.mkdir(parents=True, exist_ok=True)
+    runs = {label: [s] for label, s in summaries.items()}
+    for target, name in (("implant", "table"), ("complete", "table_complete")):
+        md, text = paper_table(runs, sets, target)
+        atomic_write_text(output / f"{name}.md", md)
+        atomic_write_text(output / f"{name}.csv", text)
+    atomic_write_text(output / "per_case.csv", per_case_csv(summaries))
+    box_plots(summaries, sets, output / "boxplots.png")
+    for label, summary in summaries.items():
+        overlays(summary, manifest, output / f"overlays_{slug(label)}.png")
+    lines = ["# Evaluation", "", "## Implants", "", (output / "table.md").read_text(), "## Completed skulls", "",
+             (output / "table_complete.md").read_text(), "## Distributions", "", "![box plots](boxplots.png)", ""]
+    for label in summaries:
+        lines += [f"### {label}", "", f"![overlays](overlays_{slug(label)}.png)", ""]
+    atomic_write_text(output / "report.md", "\n".join(lines))

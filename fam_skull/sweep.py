@@ -1,0 +1,131 @@
+"""``fam-skull sweep``: baseline, FAM at several lambdas and optionally SAM, over seeds; each run trained,
+predicted and evaluated; one table in the paper's layout with mean +- std over seeds. Reruns skip finished
+runs, resume interrupted ones, and reuse finished predictions and per-case metrics.
+
+Config: a ``sweep`` section (below) and a ``run`` section, a training config shared by every run (its
+``method``, ``fam.lam``, ``train.seed`` and ``output`` are set per run).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from data_prep.io import atomic_write_text
+from data_prep.manifest import Manifest
+from fam_skull.checkpoint import load_checkpoint
+from fam_skull.config import ConfigError, build_section, load_config, merge
+from fam_skull.evaluate import EvaluateOptions, evaluate, slug
+from fam_skull.predict import PredictOptions, method_label, predict
+from fam_skull.report import paper_table
+from fam_skull.train import train
+
+log = logging.getLogger("fam_skull.sweep")
+PAPER_LAMBDAS = [0.0006, 0.002, 0.02, 0.1, 0.7]
+
+
+@dataclass
+class SweepConfig:
+    output: str = "runs/sweep"
+    lams: list[float] = field(default_factory=lambda: list(PAPER_LAMBDAS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    baseline: bool = True
+    sam: bool = False
+    sam_rho: float = 0.05
+    checkpoint: str = "best"
+    min_component_mm3: float = 100.0
+    sets: list[str] = field(default_factory=lambda: ["eval1", "eval2"])
+    subset: int = 100
+
+
+def load_sweep(path: str | Path | None = None, overrides=(), values: dict | None = None) -> tuple[SweepConfig, dict]:
+    """The sweep section (validated) and the run section (validated once per run)."""
+    if values is None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: sweep config not found")
+        values = yaml.safe_load(path.read_text()) or {}
+    unknown = set(values) - {"sweep", "run"}
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; a sweep config has 'sweep' and 'run'")
+    merged = merge({"sweep": values.get("sweep") or {}, "run": values.get("run") or {}}, list(overrides))
+    sweep = build_section(SweepConfig, merged["sweep"], "sweep.")
+    if any(lam < 0 for lam in sweep.lams):
+        raise ConfigError(f"sweep.lams: every lambda must be >= 0, got {sweep.lams}")
+    load_config(base={**merged["run"], "method": "baseline"})  # fail early on a bad run section
+    return sweep, merged["run"]
+
+
+def _runs(sweep: SweepConfig) -> list[tuple[str, dict]]:
+    out = []
+    for seed in sweep.seeds:
+        if sweep.baseline:
+            out.append((f"baseline_s{seed}", {"method": "baseline", "train.seed": seed}))
+        for lam in sweep.lams:
+            out.append((f"fam_{lam:g}_s{seed}", {"method": "fam", "fam.lam": lam, "train.seed": seed}))
+        if sweep.sam:
+            out.append((f"sam_{sweep.sam_rho:g}_s{seed}", {"method": "sam", "sam.rho": sweep.sam_rho, "train.seed": seed}))
+    return out
+
+
+def _train_or_resume(run_dir: Path, overrides: list[str], base: dict, epochs: int, quiet: bool) -> None:
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        done = load_checkpoint(last)["epoch"]
+        if done >= epochs:
+            log.info("%s: finished (%d epochs), skipped", run_dir.name, done)
+            return
+        log.info("%s: resuming after epoch %d", run_dir.name, done)
+        train(resume=run_dir, overrides=[f"train.epochs={epochs}"], quiet=quiet)
+        return
+    train(load_config(base=base, overrides=overrides), quiet=quiet)
+
+
+@dataclass
+class SweepResult:
+    output: Path
+    table: str
+    runs: dict
+
+
+def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult:
+    """Train, predict and evaluate every run; write ``<output>/report`` with the seed-averaged table."""
+    out = Path(config.output)
+    manifest = Manifest.load(load_config(base={**run, "method": "baseline"}).data.manifest)
+    labels, folders = {}, {}
+    for name, settings in _runs(config):
+        run_dir = out / "runs" / name
+        overrides = [f"{k}={v}" for k, v in settings.items()] + [f"output={run_dir}"]
+        cfg = load_config(base=run, overrides=overrides)
+        _train_or_resume(run_dir, overrides, run, cfg.train.epochs, quiet)
+        predict(PredictOptions(run=run_dir, output=run_dir / "predictions", manifest=manifest.path, roles=tuple(config.sets),
+                               checkpoint=config.checkpoint, min_component_mm3=config.min_component_mm3, quiet=quiet))
+        label = method_label(cfg)
+        labels[name] = (label, settings["train.seed"])
+        folders[name] = run_dir / "predictions"
+    multi_seed = len(config.seeds) > 1
+    names = {name: (f"{label}, seed {seed}" if multi_seed else label) for name, (label, seed) in labels.items()}
+    result = evaluate(EvaluateOptions([f"{names[n]}={folders[n]}" for n in names], manifest.path, out / "report",
+                                      tuple(config.sets), config.subset, quiet=quiet))
+    grouped: dict[str, list] = {}
+    for name, (label, _) in labels.items():
+        grouped.setdefault(label, []).append(result.summaries[names[name]])
+    md, text = paper_table(grouped, config.sets, "implant")
+    atomic_write_text(out / "report" / "sweep_table.md", md)
+    atomic_write_text(out / "report" / "sweep_table.csv", text)
+    curves = []
+    for name in names:
+        src = out / "runs" / name / "curves.png"
+        if src.is_file():
+            shutil.copyfile(src, out / "report" / f"curves_{slug(name)}.png")
+            curves += [f"### {names[name]}", "", f"![training curves](curves_{slug(name)}.png)", ""]
+    report = out / "report" / "report.md"
+    head = ["# fam-skull sweep", "", f"Runs: {len(names)}; seeds: {config.seeds}.", "",
+            "## Paper table (implants, mean ± std over seeds)" if multi_seed else "## Paper table (implants)", "", md,
+            "## Training curves", "", *curves]
+    atomic_write_text(report, "\n".join(head) + "\n" + report.read_text())
+    return SweepResult(out, md, {names[n]: str(out / "runs" / n) for n in names})

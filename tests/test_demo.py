@@ -1,0 +1,62 @@
+"""End to end: the demo pipeline at a tiny size, a sweep over lambdas and seeds, the flatness command."""
+
+import csv
+import json
+import re
+
+import yaml
+
+from conftest import TINY_UNET
+from fam_skull.cli import main
+
+HEADER = [f"set {s}: {m}{sub}" for s in (1, 2) for m in ("DSC", "HD", "HD95") for sub in ("", " (100)")]
+
+
+def test_demo_from_the_cli_at_a_tiny_size(tmp_path, capsys):
+    overrides = [
+        "prepare.synthetic=5", "prepare.synthetic_shape=[32,32,16]", "prepare.grid=[32,32,16]", "prepare.workers=1",
+        "run.model.channels=[4,8,16,32]", "run.train.epochs=1", "run.train.val_every=1", "run.fam.warmup_steps=0",
+    ]
+    assert main(["demo", "--output", str(tmp_path / "demo"), "--quiet", *overrides]) == 0
+    printed = capsys.readouterr().out
+    report = tmp_path / "demo" / "report"
+    rows = list(csv.reader((report / "sweep_table.csv").read_text().splitlines()))
+    assert rows[0] == ["method", *HEADER]
+    assert [r[0] for r in rows[1:]] == ["baseline", "FAM, lambda = 0.0001"]
+    assert all(re.fullmatch(r"\d+\.\d+", cell) for r in rows[1:] for cell in r[1:])
+    text = (report / "report.md").read_text()
+    for needle in ("| method |", "curves_baseline_s0.png", "boxplots.png", "overlays_FAM_lambda_0.0001.png"):
+        assert needle in text
+    for name in ("boxplots.png", "curves_fam_0.0001_s0.png", "overlays_baseline.png"):
+        assert (report / name).is_file()
+    assert "| baseline |" in printed and "report.md" in printed
+
+
+def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest, capsys):
+    cfg = {
+        "sweep": {"output": str(tmp_path / "sweep"), "lams": [0.001, 0.01], "seeds": [0, 1], "baseline": False, "min_component_mm3": 0},
+        "run": {"data": {"manifest": str(manifest), "batch_size": 2}, "model": TINY_UNET, "train": {"epochs": 1, "threads": 1}},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    rows = list(csv.reader((tmp_path / "sweep" / "report" / "sweep_table.csv").read_text().splitlines()))
+    assert [r[0] for r in rows[1:]] == ["FAM, lambda = 0.001 (2 seeds)", "FAM, lambda = 0.01 (2 seeds)"]
+    assert all(re.fullmatch(r"\d+\.\d+ ± \d+\.\d+", cell) for r in rows[1:] for cell in r[1:])
+    # the cell is the mean over seeds of the per-run means
+    runs = {s: json.loads((tmp_path / "sweep" / "report" / f"FAM_lambda_0.001_seed_{s}" / "summary.json").read_text()) for s in (0, 1)}
+    dsc = [runs[s]["sets"]["eval1"]["implant"]["dsc"]["all"]["mean"] for s in (0, 1)]
+    assert rows[1][1].startswith(f"{sum(dsc) / 2:.4f} ± ")
+    # a rerun trains nothing again
+    stamp = (tmp_path / "sweep" / "runs" / "fam_0.01_s1" / "checkpoints" / "last.pt").stat().st_mtime
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    assert (tmp_path / "sweep" / "runs" / "fam_0.01_s1" / "checkpoints" / "last.pt").stat().st_mtime == stamp
+
+
+def test_flatness_command(tmp_path, manifest, trained_run, capsys):
+    out = tmp_path / "kappa.json"
+    assert main(["flatness", "--run", str(trained_run), "--data", str(manifest), "--probes", "2", "--output", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 8 and result["ci95"][0] <= result["kappa"] <= result["ci95"][1]
+    assert abs(sum(result["per_case"].values()) / 8 - result["kappa"]) < 1e-12
+    assert "baseline: kappa(bottleneck) =" in capsys.readouterr().out
