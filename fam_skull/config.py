@@ -124,6 +124,11 @@ def _coerce(value, annotation, key: str):
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, str, bool) and type(value) is annotation:
         return value
     raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")

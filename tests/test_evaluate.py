@@ -25,7 +25,8 @@ def test_reports_and_medpy_checked_aggregates(tmp_path, manifest, predictions):
     second = tmp_path / "fam_pred"
     shutil.copytree(predictions, second)
     out = tmp_path / "eval"
-    assert main(["evaluate", f"A={predictions}", f"B={second}", "--manifest", str(manifest), "--output", str(out), "--subset", "1", "--quiet"]) == 0
+    assert main(["evaluate", f"A={predictions}", f"B={second}", "--manifest", str(manifest), "--output", str(out), "--subset", "1",
+                 "--workers", "2", "--quiet"]) == 0
     for name in ("table.md", "table.csv", "table_complete.md", "per_case.csv", "boxplots.png", "overlays_A.png", "report.md", "A/summary.json"):
         assert (out / name).is_file(), name
     rows = list(csv.reader((out / "table.csv").read_text().splitlines()))

@@ -70,3 +70,11 @@ def test_clean_implant_drops_small_pieces():
     implant[15, 15, 15] = True  # a sliver
     kept = clean_implant(implant, (0.5, 0.5, 0.5), min_component_mm3=1.0)  # one voxel = 0.125 mm3
     assert kept.sum() == 216 and not kept[15, 15, 15]
+
+
+def test_sliding_window_matches_the_grid_shape(tmp_path, manifest, trained_run):
+    out = tmp_path / "sw"
+    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--roi-size", "16,16,16",
+                 "--roles", "eval1", "--quiet"]) == 0
+    index = json.loads((out / "predictions.json").read_text())
+    assert len(index["cases"]) == len(Manifest.load(manifest).role("eval1")) and not index["failed"]
