@@ -282,7 +282,8 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     bar = tqdm(total=len(todo), desc="prepare", unit="case", disable=opts.quiet or not todo)
     results = []
     if opts.workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork").Pool(opts.workers, initializer=_init_worker) as pool:
+        # spawn: forked children can deadlock in thread pools (OpenMP, ITK) the parent already started
+        with mp.get_context("spawn").Pool(opts.workers, initializer=_init_worker) as pool:
             for done in pool.imap_unordered(_work, jobs):
                 results.extend(done)
                 bar.update(len(done))

@@ -252,10 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fam_skull.checkpoint import CheckpointError
+    from fam_skull.train import TrainingError
+
     args = build_parser().parse_args(argv)
     _logging(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command][1](args) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input or configuration: nothing was run
         logging.error("fam-skull %s: %s", args.command, e)
         return 2
+    except (CheckpointError, TrainingError) as e:
+        logging.error("fam-skull %s: %s", args.command, e)
+        return 1

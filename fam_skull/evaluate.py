@@ -182,7 +182,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
                 jobs.append((str(method_dir), case["id"], role, pred_files, gt_files, opts.empty))
     bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=opts.quiet or not jobs)
     if opts.workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork").Pool(opts.workers) as pool:
+        # spawn: forked children can deadlock in thread pools (ITK, OpenMP) the parent already started
+        with mp.get_context("spawn").Pool(opts.workers) as pool:
             for method_dir, _, result in pool.imap_unordered(_job, jobs):
                 results[dirs[method_dir]].append(result)
                 bar.update()

@@ -77,11 +77,15 @@ def _optimizer(config: Config, params) -> torch.optim.Optimizer:
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _distributed() -> tuple[int, int, int]:
+def _distributed() -> tuple[int, int, int, bool]:
+    """(rank, world size, local rank, whether this call started the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    started = world > 1 and not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 1, 0)
+    if world == 1:
+        return 0, 1, 0, False
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), started
 
 
 def _device(config: Config, local_rank: int) -> torch.device:
@@ -205,7 +209,7 @@ def train(config: Config | str | Path | None = None, overrides=(), *, resume: st
         manifest = Manifest.load(cfg.data.manifest)
     except ManifestError as e:
         raise ConfigError(f"data.manifest: {e}") from None
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank, owns_group = _distributed()
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {world} processes")
     device = _device(cfg, local_rank)
@@ -365,4 +369,6 @@ def train(config: Config | str | Path | None = None, overrides=(), *, resume: st
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+        if owns_group:
+            dist.destroy_process_group()
     return TrainResult(run, cfg.train.epochs, best, best_epoch)
