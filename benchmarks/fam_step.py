@@ -16,10 +16,10 @@ import argparse
 import time
 
 import torch
+from _isolated import isolated
 from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
-from _isolated import isolated
 from fam_skull.flatness import resolve_layer, weight_matrix
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.step import Stepper

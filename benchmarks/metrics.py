@@ -8,9 +8,9 @@ Each call runs in a forked child, so the peak memory is its own.
 from __future__ import annotations
 
 import numpy as np
+from _isolated import isolated
 from medpy.metric import binary
 
-from _isolated import isolated
 from data_prep.defects import make_defect
 from data_prep.phantom import synthetic_skull
 from fam_skull.metrics import compute_metrics

@@ -18,7 +18,7 @@ from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, r
 from data_prep.manifest import FORMAT, KINDS, Manifest
 from data_prep.phantom import synthetic_skull
 from data_prep.preprocess import Layout, binarize, largest_component
-from data_prep.sources import SKULLBREAK_DEFECTS, SourceCase, Skip, discover
+from data_prep.sources import Skip, SourceCase, discover
 
 log = logging.getLogger("fam_skull.prepare")
 
@@ -107,6 +107,9 @@ def _case_seed(seed: int, case_id: str) -> int:
 
 def _split_skulls(skulls: list[str], opts: PrepareOptions) -> dict[str, str]:
     named = {s: "eval1" for s in opts.eval1} | {s: "eval2" for s in opts.eval2}
+    unknown = sorted(set(named) - set(skulls))
+    if unknown:
+        raise ValueError(f"--eval1/--eval2 name skulls that are not in the dataset: {', '.join(unknown)} (known: {', '.join(skulls[:20])})")
     rest = [s for s in skulls if s not in named]
     rng = np.random.default_rng(opts.seed)
     rest = [rest[i] for i in rng.permutation(len(rest))]

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import Dataset
 from tqdm import tqdm
 
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
-from monai.data import Dataset
-
 from fam_skull.data import items, transforms
 from fam_skull.flatness import relative_flatness
 from fam_skull.predict import load_run, method_label

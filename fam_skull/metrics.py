@@ -91,7 +91,7 @@ def boundary_dice(pred_implant, gt_implant, defective, spacing=None, distance_mm
     crop = _bbox(pred, gt, margin=0)
     crop = tuple(slice(max(s.start - r, 0), min(s.stop + r, n)) for s, r, n in zip(crop, reach, pred.shape))
     if not defective[crop].any():
-        near = np.zeros(union[crop].shape, bool)
+        near = np.zeros(pred[crop].shape, bool)
     else:
         near = ndimage.distance_transform_edt(~defective[crop], sampling=spacing) <= distance_mm
     return dice(pred[crop] & near, gt[crop] & near)

@@ -5,8 +5,8 @@ import json
 import re
 
 import yaml
-
 from conftest import TINY_UNET
+
 from fam_skull.cli import main
 
 HEADER = [f"set {s}: {m}{sub}" for s in (1, 2) for m in ("DSC", "HD", "HD95") for sub in ("", " (100)")]

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_volume
 from medpy.metric import binary
 
-from conftest import write_volume
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest
 from fam_skull.cli import main

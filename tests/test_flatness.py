@@ -10,7 +10,6 @@ from torch.func import functional_call
 from fam_skull.flatness import flatness_of_loss, relative_flatness, resolve_layer
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """These checks compare against brute force to 1e-8: run them in double precision."""

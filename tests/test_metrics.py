@@ -94,3 +94,14 @@ def test_boundary_dice_matches_a_full_distance_transform():
     expected = binary.dc(pred & near, gt & near)
     assert boundary_dice(pred, gt, defective, spacing, 4.0) == pytest.approx(expected, abs=1e-12)
     assert compute_metrics(pred, gt, spacing, defective=defective, boundary_mm=4.0)["bdsc"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_boundary_dice_far_from_the_skull():
+    implant = np.zeros((30, 30, 30), bool)
+    implant[2:5, 2:5, 2:5] = True
+    skull = np.zeros_like(implant)
+    skull[25:, 25:, 25:] = True  # more than 10 mm away: no voxel of either implant is near the skull
+    assert boundary_dice(implant, implant, skull, (1.0, 1.0, 1.0), 10.0) == 1.0
+    near_gt = np.zeros_like(implant)
+    near_gt[20:24, 20:24, 20:24] = True
+    assert boundary_dice(implant, near_gt, skull, (1.0, 1.0, 1.0), 10.0) == 0.0

@@ -3,9 +3,8 @@
 import json
 
 import numpy as np
-import SimpleITK as sitk
-
 from conftest import write_volume
+
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest
 from fam_skull.cli import main

@@ -1,16 +1,15 @@
 """Ingesting dataset trees written in the test, roles, idempotent reruns, and every kind of bad input."""
 
-import json
 import logging
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import write_volume
+
 from data_prep.defects import make_defect
-from data_prep.io import to_array, read_image
+from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest
 from data_prep.prepare import PrepareOptions, prepare
 from fam_skull.cli import main
@@ -157,3 +156,12 @@ def test_bad_inputs_are_reported_and_the_rest_is_prepared(tmp_path, skulls, caps
     only_bad = tmp_path / "bad.csv"
     only_bad.write_text("defective,complete\nempty.nrrd,good_complete.nrrd\n")
     assert main(["prepare", str(tmp_path / "out2"), "--pairs", str(only_bad), "--grid", "24,24,12", "--quiet"]) == 1
+
+
+def test_named_evaluation_skull_that_does_not_exist(tmp_path):
+    from data_prep.prepare import assign_roles
+    from data_prep.sources import discover
+
+    cases, _ = discover("synthetic", count=3)
+    with pytest.raises(ValueError, match="not in the dataset: nope"):
+        assign_roles(cases, PrepareOptions(tmp_path, synthetic=3, eval1=("synth000", "nope")))
