@@ -211,7 +211,7 @@ def _run_demo(args) -> int:
 
 
 def _flatness_parser(sub) -> None:
-    p = sub.add_parser("flatness", help="kappa of a trained model's FAM layer over a dataset, with a 95% interval")
+    p = sub.add_parser("flatness", help="kappa of a trained model's FAM layer over a dataset, with a 95%% interval")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="prepared manifest")
     p.add_argument("--roles", type=_names, default=("train",), help="manifest roles measured (default train)")

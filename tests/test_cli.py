@@ -1,0 +1,22 @@
+"""The command line: every command documents itself, and bad usage exits with a message, not a traceback."""
+
+import pytest
+
+from fam_skull.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in COMMANDS])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "usage: fam-skull" in capsys.readouterr().out
+
+
+def test_missing_inputs_are_reported(capsys, tmp_path):
+    assert main(["train"]) == 2
+    assert "give a config file or --resume RUN" in capsys.readouterr().err
+    assert main(["predict", "--run", str(tmp_path), "--output", str(tmp_path / "p")]) == 2
+    assert "give --manifest or --files" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no config.yaml there" in capsys.readouterr().err
