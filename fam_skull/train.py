@@ -154,8 +154,8 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [h["task_loss"] for h in history], label="task loss")
-    axes[0].plot(epochs, [h["loss"] for h in history], label="total loss", alpha=0.6)
+    for key, label, alpha in (("task_loss", "task loss", 1.0), ("loss", "total loss", 0.6)):
+        axes[0].plot(epochs, [np.nan if h[key] is None else h[key] for h in history], label=label, alpha=alpha)
     axes[0].legend()
     kappa = [(h["epoch"], h["kappa"]) for h in history if h["kappa"] is not None]
     if kappa:
@@ -197,178 +197,214 @@ def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path
     return cfg, Path(cfg.output)
 
 
+class Trainer:
+    """One training run. The constructor does everything that can fail on bad input (config, manifest, model,
+    FAM layer, batch split, checkpoint to resume), so errors come before any training; :meth:`run` trains."""
+
+    def __init__(self, cfg: Config, run: Path, *, resume: bool = False, quiet: bool = False) -> None:
+        self.cfg, self.run_dir, self.quiet = cfg, run, quiet
+        try:
+            manifest = Manifest.load(cfg.data.manifest)
+        except ManifestError as e:
+            raise ConfigError(f"data.manifest: {e}") from None
+        self.rank, self.world, local_rank, self._owns_group = _distributed()
+        if cfg.data.batch_size % self.world:
+            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {self.world} processes")
+        self.device = _device(cfg, local_rank)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.grid = tuple(manifest.data["grid"])
+        self.model = model_from_config(cfg, self.grid).to(self.device)
+        if cfg.method == "fam":
+            try:
+                resolve_layer(self.model, cfg.fam.layer)
+            except ValueError as e:
+                raise ConfigError(f"fam.layer: {e}") from None
+        self.train_ds = dataset(manifest, "train", cfg.data.cache)
+        self.val_ds = dataset(manifest, "val", cfg.data.cache) if manifest.role("val") else None
+        self.train_loader = loader(self.train_ds, cfg.data.batch_size // self.world, shuffle=True, seed=cfg.train.seed,
+                                   rank=self.rank, world=self.world, num_workers=cfg.data.num_workers)
+        self.val_loader = loader(self.val_ds, 1, shuffle=False, seed=0) if self.val_ds is not None and self.rank == 0 else None
+        net = self.model
+        if self.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = _optimizer(cfg, self.model.parameters())
+        self.regularizer = None
+        if cfg.method == "fam":
+            f = cfg.fam
+            self.regularizer = FAMRegularizer(net, f.layer, f.lam, estimator=f.estimator, probes=f.probes, every=f.every,
+                                              scale_lambda=f.scale_lambda, warmup_steps=f.warmup_steps, seed=cfg.train.seed)
+        self.stepper = Stepper(net, build_loss(cfg), self.optimizer, cfg.method, regularizer=self.regularizer,
+                               sam_rho=cfg.sam.rho, amp=cfg.train.amp and self.device.type == "cuda")
+        self.start_epoch, self.best, self.best_epoch, self.history = 1, -1.0, 0, []
+        self.nonfinite = 0
+        self.resumed = resume
+        if resume:
+            self._restore(load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device))
+        self._handler = self._writer = None
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stepper.scaler.load_state_dict(state["scaler"])
+        if self.regularizer is not None and state.get("regularizer"):
+            self.regularizer.load_state_dict(state["regularizer"])
+        _set_rng_state(state["rng"])
+        self.start_epoch, self.best, self.best_epoch, self.history = state["epoch"] + 1, state["best_dsc"], state["best_epoch"], state["history"]
+
+    def _state(self, epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.stepper.scaler.state_dict(),
+            "regularizer": self.regularizer.state_dict() if self.regularizer is not None else {},
+            "rng": _rng_state(),
+            "best_dsc": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "config": self.cfg.to_yaml(),
+            "grid": list(self.grid),
+        }
+
+    def _open_logs(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        self._handler = logging.FileHandler(self.run_dir / "log.txt")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(self._handler)
+        purge = (self.start_epoch - 1) * len(self.train_loader) or None
+        self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        log.info("%s %s: %d train / %d val cases, grid %s, %s, %d process(es), epochs %d-%d",
+                 "resuming" if self.resumed else "starting", self.run_dir, len(self.train_ds), len(self.val_ds or []),
+                 self.grid, self.device, self.world, self.start_epoch, self.cfg.train.epochs)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._handler is not None:
+            log.removeHandler(self._handler)
+            self._handler.close()
+        if self._owns_group:
+            dist.destroy_process_group()
+
+    def _train_epoch(self, epoch: int) -> dict:
+        self.train_loader.sampler.set_epoch(epoch)
+        losses, task_losses, kappas = [], [], []
+        steps = skipped = 0
+        wait = busy = 0.0
+        bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}/{self.cfg.train.epochs}", disable=self.quiet or self.rank != 0, leave=False)
+        t0 = time.perf_counter()
+        for batch in self.train_loader:
+            t1 = time.perf_counter()
+            result = self.stepper(batch["image"].to(self.device), batch["label"].to(self.device))
+            t2 = time.perf_counter()
+            wait, busy, t0 = wait + t1 - t0, busy + t2 - t1, t2
+            step_no = (epoch - 1) * len(self.train_loader) + steps
+            steps += 1
+            if result.skipped:
+                skipped += 1
+                self._non_finite(epoch, steps, result)
+                continue
+            self.nonfinite = 0
+            losses.append(result.loss)
+            task_losses.append(result.task_loss)
+            if result.kappa is not None:
+                kappas.append(result.kappa)
+            if self._writer is not None:
+                for key in ("loss", "task_loss", "kappa"):
+                    if getattr(result, key) is not None:
+                        self._writer.add_scalar(f"train/{key}", getattr(result, key), step_no)
+            bar.set_postfix(loss=f"{result.task_loss:.4f}", kappa="-" if result.kappa is None else f"{result.kappa:.3g}")
+            bar.update()
+        bar.close()
+        return {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else None,
+            "task_loss": float(np.mean(task_losses)) if task_losses else None,
+            "kappa": float(np.mean(kappas)) if kappas else None,
+            "val_dsc": None,
+            "step_time": busy / max(steps, 1),
+            "data_wait_share": wait / max(wait + busy, 1e-12),
+            "skipped_steps": skipped,
+            "rank_spread": _rank_spread(self.model, self.world),
+        }
+
+    def _non_finite(self, epoch: int, step: int, result) -> None:
+        self.nonfinite += 1
+        log.warning("epoch %d step %d: non-finite loss %s / kappa %s, step skipped", epoch, step, result.task_loss, result.kappa)
+        if self.nonfinite >= self.cfg.train.max_nonfinite:
+            raise TrainingError(
+                f"{self.nonfinite} non-finite steps in a row (epoch {epoch}); lower optim.lr or fam.lam. "
+                f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
+            )
+
+    def _end_epoch(self, epoch: int, row: dict) -> None:
+        """Rank 0: validate, checkpoint (last, best, listed epochs), metrics, curves, TensorBoard, log line."""
+        cfg = self.cfg
+        finite = _finite(self.model)
+        is_best = False
+        if self.val_loader is not None and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+            row["val_dsc"] = validate(self.model, self.val_loader, self.device)
+            if finite and row["val_dsc"] > self.best:
+                self.best, self.best_epoch, is_best = row["val_dsc"], epoch, True
+        self.history.append(row)
+        if finite:
+            state = self._state(epoch)
+            save_checkpoint(state, self.ckpt_dir / "last.pt")
+            if is_best:
+                save_checkpoint(state, self.ckpt_dir / "best.pt")
+            if epoch in cfg.train.save_epochs:
+                save_checkpoint(state, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
+        else:
+            log.error("epoch %d: weights are not finite; last.pt and best.pt are left as they were", epoch)
+        _write_metrics(self.history, self.run_dir / "metrics.csv")
+        _plot_curves(self.history, self.run_dir / "curves.png")
+        for key in ("kappa", "val_dsc", "step_time", "data_wait_share"):
+            if row[key] is not None:
+                self._writer.add_scalar(f"epoch/{key}", row[key], epoch)
+        self._writer.flush()
+        if row["rank_spread"]:
+            log.error("epoch %d: replicas differ across ranks by %.3g", epoch, row["rank_spread"])
+
+        def fmt(value, spec):
+            return "-" if value is None else format(value, spec)
+
+        log.info("epoch %d: loss %s, task %s, kappa %s, val DSC %s, %.3f s/step, data wait %.1f%%%s",
+                 epoch, fmt(row["loss"], ".4f"), fmt(row["task_loss"], ".4f"), fmt(row["kappa"], ".4g"), fmt(row["val_dsc"], ".4f"),
+                 row["step_time"], 100 * row["data_wait_share"], f", {row['skipped_steps']} skipped" if row["skipped_steps"] else "")
+
+    def run(self) -> TrainResult:
+        """Train from the first unfinished epoch to ``train.epochs``."""
+        try:
+            if self.rank == 0:
+                self._open_logs()
+            for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
+                row = self._train_epoch(epoch)
+                if self.rank == 0:
+                    self._end_epoch(epoch, row)
+                if self.world > 1:
+                    dist.barrier()
+        finally:
+            self._close()
+        return TrainResult(self.run_dir, self.cfg.train.epochs, self.best, self.best_epoch)
+
+
 def train(config: Config | str | Path | None = None, overrides=(), *, resume: str | Path | None = None, quiet: bool = False) -> TrainResult:
     """Train from a config (object or YAML path, with ``key=value`` overrides), or resume a run folder.
 
     Raises:
         ConfigError: before any work, for a bad key, value, manifest, model or FAM layer.
+        CheckpointError: the checkpoint to resume cannot be read.
         TrainingError: ``train.max_nonfinite`` non-finite steps in a row.
     """
     cfg, run = resolve(config, overrides, resume)
-    try:
-        manifest = Manifest.load(cfg.data.manifest)
-    except ManifestError as e:
-        raise ConfigError(f"data.manifest: {e}") from None
-    rank, world, local_rank, owns_group = _distributed()
-    if cfg.data.batch_size % world:
-        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {world} processes")
-    device = _device(cfg, local_rank)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    grid = tuple(manifest.data["grid"])
-    model = model_from_config(cfg, grid).to(device)
-    if cfg.method == "fam":
-        try:
-            resolve_layer(model, cfg.fam.layer)
-        except ValueError as e:
-            raise ConfigError(f"fam.layer: {e}") from None
-    train_ds = dataset(manifest, "train", cfg.data.cache, progress=False)
-    val_ds = dataset(manifest, "val", cfg.data.cache) if manifest.role("val") else None
-    train_loader = loader(train_ds, cfg.data.batch_size // world, shuffle=True, seed=cfg.train.seed, rank=rank, world=world, num_workers=cfg.data.num_workers)
-    val_loader = loader(val_ds, 1, shuffle=False, seed=0) if val_ds is not None and rank == 0 else None
-
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    optimizer = _optimizer(cfg, model.parameters())
-    regularizer = None
-    if cfg.method == "fam":
-        f = cfg.fam
-        regularizer = FAMRegularizer(net, f.layer, f.lam, estimator=f.estimator, probes=f.probes, every=f.every,
-                                     scale_lambda=f.scale_lambda, warmup_steps=f.warmup_steps, seed=cfg.train.seed)
-    stepper = Stepper(net, build_loss(cfg), optimizer, cfg.method, regularizer=regularizer, sam_rho=cfg.sam.rho,
-                      amp=cfg.train.amp and device.type == "cuda")
-
-    start_epoch, best, best_epoch, history = 1, -1.0, 0, []
-    ckpt_dir = run / "checkpoints"
-    if resume is not None:
-        state = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        stepper.scaler.load_state_dict(state["scaler"])
-        if regularizer is not None and state.get("regularizer"):
-            regularizer.load_state_dict(state["regularizer"])
-        _set_rng_state(state["rng"])
-        start_epoch, best, best_epoch, history = state["epoch"] + 1, state["best_dsc"], state["best_epoch"], state["history"]
-
-    handler = writer = None
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", cfg.to_yaml())
-        handler = logging.FileHandler(run / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run / "tb"), purge_step=(start_epoch - 1) * len(train_loader) or None)
-        log.info("%s %s: %d train / %d val cases, grid %s, %s, %d process(es), epochs %d-%d",
-                 "resuming" if resume else "starting", run, len(train_ds), len(val_ds or []), grid, device, world, start_epoch, cfg.train.epochs)
-    try:
-        nonfinite = 0
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            train_loader.sampler.set_epoch(epoch)
-            sums = {"loss": 0.0, "task_loss": 0.0}
-            kappas, steps, skipped, wait, busy = [], 0, 0, 0.0, 0.0
-            bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{cfg.train.epochs}", disable=quiet or rank != 0, leave=False)
-            t0 = time.perf_counter()
-            for batch in train_loader:
-                t1 = time.perf_counter()
-                result = stepper(batch["image"].to(device), batch["label"].to(device))
-                t2 = time.perf_counter()
-                wait, busy, t0 = wait + t1 - t0, busy + t2 - t1, t2
-                step_no = (epoch - 1) * len(train_loader) + steps
-                steps += 1
-                if result.skipped:
-                    skipped += 1
-                    nonfinite += 1
-                    log.warning("epoch %d step %d: non-finite loss %s / kappa %s, step skipped", epoch, steps, result.task_loss, result.kappa)
-                    if nonfinite >= cfg.train.max_nonfinite:
-                        raise TrainingError(
-                            f"{nonfinite} non-finite steps in a row (epoch {epoch}); lower optim.lr or fam.lam. "
-                            f"The last good checkpoint is {ckpt_dir / 'last.pt'}"
-                        )
-                    continue
-                nonfinite = 0
-                sums["loss"] += result.loss
-                sums["task_loss"] += result.task_loss
-                if result.kappa is not None:
-                    kappas.append(result.kappa)
-                if writer is not None:
-                    writer.add_scalar("train/loss", result.loss, step_no)
-                    writer.add_scalar("train/task_loss", result.task_loss, step_no)
-                    if result.kappa is not None:
-                        writer.add_scalar("train/kappa", result.kappa, step_no)
-                bar.set_postfix(loss=f"{result.task_loss:.4f}", kappa="-" if result.kappa is None else f"{result.kappa:.3g}")
-                bar.update()
-            bar.close()
-            done = max(steps - skipped, 1)
-            row = {
-                "epoch": epoch,
-                "loss": sums["loss"] / done,
-                "task_loss": sums["task_loss"] / done,
-                "kappa": float(np.mean(kappas)) if kappas else None,
-                "val_dsc": None,
-                "step_time": busy / max(steps, 1),
-                "data_wait_share": wait / max(wait + busy, 1e-12),
-                "skipped_steps": skipped,
-                "rank_spread": _rank_spread(model, world),
-            }
-            if rank == 0:
-                finite = _finite(model)
-                if val_loader is not None and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
-                    row["val_dsc"] = validate(model, val_loader, device)
-                    if finite and row["val_dsc"] > best:
-                        best, best_epoch = row["val_dsc"], epoch
-                        is_best = True
-                    else:
-                        is_best = False
-                else:
-                    is_best = False
-                history.append(row)
-                state = {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": stepper.scaler.state_dict(),
-                    "regularizer": regularizer.state_dict() if regularizer is not None else {},
-                    "rng": _rng_state(),
-                    "best_dsc": best,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "config": cfg.to_yaml(),
-                    "grid": list(grid),
-                }
-                if not finite:
-                    log.error("epoch %d: weights are not finite; last.pt and best.pt are left as they were", epoch)
-                else:
-                    save_checkpoint(state, ckpt_dir / "last.pt")
-                    if is_best:
-                        save_checkpoint(state, ckpt_dir / "best.pt")
-                    if epoch in cfg.train.save_epochs:
-                        save_checkpoint(state, ckpt_dir / f"epoch_{epoch:04d}.pt")
-                _write_metrics(history, run / "metrics.csv")
-                _plot_curves(history, run / "curves.png")
-                if writer is not None:
-                    for key in ("kappa", "val_dsc", "step_time", "data_wait_share"):
-                        if row[key] is not None:
-                            writer.add_scalar(f"epoch/{key}", row[key], epoch)
-                    writer.flush()
-                if row["rank_spread"]:
-                    log.error("epoch %d: replicas differ across ranks by %.3g", epoch, row["rank_spread"])
-                log.info(
-                    "epoch %d: loss %.4f, task %.4f, kappa %s, val DSC %s, %.3f s/step, data wait %.1f%%%s",
-                    epoch, row["loss"], row["task_loss"], "-" if row["kappa"] is None else f"{row['kappa']:.4g}",
-                    "-" if row["val_dsc"] is None else f"{row['val_dsc']:.4f}", row["step_time"], 100 * row["data_wait_share"],
-                    f", {skipped} skipped" if skipped else "",
-                )
-            if world > 1:
-                dist.barrier()
-    finally:
-        if writer is not None:
-            writer.close()
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-        if owns_group:
-            dist.destroy_process_group()
-    return TrainResult(run, cfg.train.epochs, best, best_epoch)
+    return Trainer(cfg, run, resume=resume is not None, quiet=quiet).run()
