@@ -52,6 +52,7 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
+    scheduler: str = "none"  # none | poly (nnU-Net's (1 - epoch/epochs)^0.9) | cosine; stepped per epoch
 
 
 @dataclass
@@ -106,6 +107,7 @@ CHOICES = {
     "model.name": ("unet", "autoencoder", "linear_ae"),
     "loss.reduction": ("mean", "sum"),
     "optim.name": ("adam", "adamw", "sgd"),
+    "optim.scheduler": ("none", "poly", "cosine"),
     "fam.estimator": ("hutchinson", "exact"),
 }
 POSITIVE = ("data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import random
 import time
@@ -75,6 +76,17 @@ def _optimizer(config: Config, params) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(config: Config):
+    """The learning-rate multiplier as a closed-form function of the finished epochs, so a resumed (or
+    extended) run recomputes it from the current config instead of replaying a chain of updates."""
+    epochs, name = config.train.epochs, config.optim.scheduler
+    if name == "poly":
+        return lambda done: max(1.0 - done / epochs, 0.0) ** 0.9
+    if name == "cosine":
+        return lambda done: 0.5 * (1.0 + math.cos(math.pi * min(done, epochs) / epochs))
+    return lambda done: 1.0
 
 
 def _distributed() -> tuple[int, int, int, bool]:
@@ -230,6 +242,7 @@ class Trainer:
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = _optimizer(cfg, self.model.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
         self.regularizer = None
         if cfg.method == "fam":
             f = cfg.fam
@@ -251,6 +264,9 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.stepper.scaler.load_state_dict(state["scaler"])
         if self.regularizer is not None and state.get("regularizer"):
             self.regularizer.load_state_dict(state["regularizer"])
@@ -263,6 +279,7 @@ class Trainer:
             "epoch": epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.stepper.scaler.state_dict(),
             "regularizer": self.regularizer.state_dict() if self.regularizer is not None else {},
             "rng": _rng_state(),
@@ -326,8 +343,11 @@ class Trainer:
             bar.set_postfix(loss=f"{result.task_loss:.4f}", kappa="-" if result.kappa is None else f"{result.kappa:.3g}")
             bar.update()
         bar.close()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
         return {
             "epoch": epoch,
+            "lr": lr,
             "loss": float(np.mean(losses)) if losses else None,
             "task_loss": float(np.mean(task_losses)) if task_losses else None,
             "kappa": float(np.mean(kappas)) if kappas else None,

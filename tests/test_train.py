@@ -44,7 +44,7 @@ def test_two_epoch_run_leaves_a_complete_run_folder(tmp_path, manifest, method, 
 
 
 def test_resume_ends_with_the_same_weights(tmp_path, manifest):
-    path, out = config_file(tmp_path, manifest, "fam")
+    path, out = config_file(tmp_path, manifest, "fam", optim={"scheduler": "poly"})
     assert main(["train", str(path), f"output={tmp_path / 'straight'}", "--quiet"]) == 0
     assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "train.epochs=1", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 1
@@ -56,6 +56,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, manifest):
         assert torch.equal(value, b["model"][key]), key
     assert a["regularizer"]["step"] == b["regularizer"]["step"] == 8  # 2 epochs x 4 batches of 2
     assert a["history"][1]["loss"] == b["history"][1]["loss"]
+    assert a["history"][1]["lr"] == b["history"][1]["lr"] < a["history"][0]["lr"] == 1e-3  # the schedule resumed too
 
 
 def test_torchrun_two_processes_match_one(tmp_path, manifest):
