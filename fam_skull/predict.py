@@ -141,7 +141,8 @@ class PredictResult:
 
 
 def _cases(opts: PredictOptions, grid) -> list[dict]:
-    """(id, loader) pairs; each loader returns (grid defective, layout, original defective or None)."""
+    """The cases to predict as ``{"id", "source", "load"}``; ``load()`` returns the grid defective skull, the
+    case's Layout, and its defective skull in the original geometry (None when only the grid one exists)."""
     out = []
     if opts.manifest is not None:
         manifest = Manifest.load(opts.manifest)
