@@ -23,7 +23,7 @@ import yaml
 from scipy import ndimage
 from tqdm import tqdm
 
-from data_prep.io import VolumeError, atomic_write_text, from_array, read_image, to_array, write_image
+from data_prep.io import VolumeError, atomic_write_bytes, atomic_write_text, from_array, read_image, to_array, write_image
 from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout, binarize, largest_component
 from data_prep.sources import safe_id, stem
@@ -88,13 +88,8 @@ def write_stl(mask: np.ndarray, image: sitk.Image, path: Path) -> int:
     normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
     records = np.zeros(len(tri), dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")])
     records["n"], records["v"] = normals, tri
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    with open(tmp, "wb") as f:
-        f.write(b"fam-skull implant, LPS mm".ljust(80, b" "))
-        f.write(np.uint32(len(tri)).tobytes())
-        f.write(records.tobytes())
-    tmp.replace(path)
+    header = b"fam-skull implant, LPS mm".ljust(80, b" ") + np.uint32(len(tri)).tobytes()
+    atomic_write_bytes(path, header + records.tobytes())
     return len(tri)
 
 

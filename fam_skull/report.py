@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.io import atomic_write_text, read_image, to_array
+from data_prep.io import atomic_write_bytes, atomic_write_text, read_image, to_array
 from data_prep.manifest import Manifest
 
 COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
@@ -79,15 +79,14 @@ def per_case_csv(summaries: dict[str, dict]) -> str:
     return out.getvalue()
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
@@ -106,7 +105,7 @@ def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
             ax.set_xticks(range(1, len(summaries) + 1), list(summaries), rotation=20, ha="right", fontsize=8)
             ax.set_title(f"{SET_NAMES.get(s, s)}: {name}")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
@@ -141,7 +140,7 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(summary["method"])
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, sets) -> None:

@@ -32,6 +32,7 @@ from fam_skull.data import dataset, loader
 from fam_skull.flatness import resolve_layer
 from fam_skull.models import build_model
 from fam_skull.regularizer import FAMRegularizer
+from fam_skull.report import save_figure
 from fam_skull.step import Stepper
 
 log = logging.getLogger("fam_skull.train")
@@ -180,12 +181,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("epoch")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _write_metrics(history: list[dict], path: Path) -> None:
@@ -234,10 +230,10 @@ class Trainer:
             except ValueError as e:
                 raise ConfigError(f"fam.layer: {e}") from None
         self.train_ds = dataset(manifest, "train", cfg.data.cache)
-        self.val_ds = dataset(manifest, "val", cfg.data.cache) if manifest.role("val") else None
+        self.val_ds = dataset(manifest, "val", cfg.data.cache) if manifest.role("val") and self.rank == 0 else None
         self.train_loader = loader(self.train_ds, cfg.data.batch_size // self.world, shuffle=True, seed=cfg.train.seed,
                                    rank=self.rank, world=self.world, num_workers=cfg.data.num_workers)
-        self.val_loader = loader(self.val_ds, 1, shuffle=False, seed=0) if self.val_ds is not None and self.rank == 0 else None
+        self.val_loader = loader(self.val_ds, 1, shuffle=False, seed=0) if self.val_ds is not None else None
         net = self.model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
