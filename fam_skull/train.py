@@ -10,6 +10,7 @@ rank 0 validates, logs and writes checkpoints.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import logging
 import math
@@ -237,6 +238,7 @@ class Trainer:
         net = self.model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = net
         self.optimizer = _optimizer(cfg, self.model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
         self.regularizer = None
@@ -307,6 +309,9 @@ class Trainer:
             log.removeHandler(self._handler)
             self._handler.close()
         if self._owns_group:
+            # free the DDP reducer before the process group: the other order can hang gloo's teardown at exit
+            self.net = self.stepper = self.regularizer = None
+            gc.collect()
             dist.destroy_process_group()
 
     def _train_epoch(self, epoch: int) -> dict:

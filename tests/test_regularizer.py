@@ -1,6 +1,8 @@
 """FAMRegularizer: schedule, plain loop, MONAI SupervisedTrainer, and DistributedDataParallel equivalence."""
 
+import gc
 import os
+import time
 
 import pytest
 import torch
@@ -109,6 +111,9 @@ def _ddp_worker(rank, world, path, port):
     per = x.shape[0] // world
     plain_loop(ddp, reg, x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per], 3)
     torch.save(model.state_dict(), f"{path}/rank{rank}.pt")
+    # free the DDP reducer before the process group: the other order hangs gloo's teardown at exit now and then
+    del reg, ddp
+    gc.collect()
     dist.destroy_process_group()
 
 
@@ -118,7 +123,13 @@ def test_ddp_ranks_agree_with_single_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    ctx = mp.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the 2 gloo ranks did not finish within 240 s")
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     single = tiny_unet()
