@@ -162,6 +162,13 @@ def _read_mask(path: Path, layout: Layout, opts: PrepareOptions, largest: bool) 
             f"{path}: size {image.GetSize()} / spacing {tuple(round(s, 4) for s in image.GetSpacing())} disagree with "
             f"its partner's {ref.shape} / {tuple(round(s, 4) for s in ref.spacing)}; the pair must share one grid"
         )
+    tolerance = 0.01 * min(ref.spacing)
+    if not np.allclose(image.GetOrigin(), ref.origin, atol=tolerance) or not np.allclose(image.GetDirection(), ref.direction, atol=1e-4):
+        raise VolumeError(
+            f"{path}: origin/direction {tuple(round(o, 3) for o in image.GetOrigin())} / {tuple(round(d, 4) for d in image.GetDirection())} "
+            f"differ from its partner's {tuple(round(o, 3) for o in ref.origin)} / {tuple(round(d, 4) for d in ref.direction)}; "
+            "the pair must share one grid"
+        )
     mask = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path))
     return largest_component(mask) if largest else mask
 

@@ -107,6 +107,7 @@ def _bad_inputs(root, skull):
     nan[3, 3, 3] = np.nan
     write_volume(root / "nan.nrrd", nan, spacing)
     write_volume(root / "small.nrrd", defective[:-4].astype(np.uint8), spacing)
+    write_volume(root / "shifted.nrrd", defective.astype(np.uint8), spacing, origin=(5.0, 0.0, 0.0))
     rows = {
         "ok": "good_defective.nrrd",
         "garbled": "garbage.nrrd",
@@ -116,6 +117,7 @@ def _bad_inputs(root, skull):
         "blank": "empty.nrrd",
         "nans": "nan.nrrd",
         "mismatch": "small.nrrd",
+        "moved": "shifted.nrrd",
     }
     lines = ["id,defective,complete"] + [f"{k},{v},{good.name}" for k, v in rows.items()]
     lines += ["orphan,good_defective.nrrd,missing_complete.nrrd", "../escape,good_defective.nrrd,good_complete.nrrd"]
@@ -131,8 +133,9 @@ EXPECTED = {
     "blank": r"empty\.nrrd: the mask is empty",
     "nans": r"nan\.nrrd: contains NaN voxels",
     "mismatch": r"small\.nrrd: size \(44, 48, 24\) / spacing .* disagree with its partner's \(48, 48, 24\)",
+    "moved": r"shifted\.nrrd: origin/direction \(5\.0, 0\.0, 0\.0\) / .* differ from its partner's \(0\.0, 0\.0, 0\.0\)",
     "orphan": r"missing_complete\.nrrd: file not found",
-    "pairs.csv:11": r"case id '\.\./escape' is not a safe file name \(it could escape the output folder\)",
+    "pairs.csv:12": r"case id '\.\./escape' is not a safe file name \(it could escape the output folder\)",
 }
 
 
