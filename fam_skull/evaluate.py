@@ -104,12 +104,22 @@ def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> 
     return out
 
 
+def _stamp(files: dict) -> dict:
+    """Size and modification time of each input, so a cached result is reused only for the same files."""
+    out = {}
+    for name, path in files.items():
+        path = Path(path)
+        out[name] = [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+    return out
+
+
 def _job(args) -> tuple[str, str, dict]:
     method_dir, case_id, role, pred_files, gt_files, empty = args
     try:
         result = {"case": case_id, "set": role, **evaluate_case(pred_files, gt_files, empty)}
     except (VolumeError, ValueError, OSError) as e:
         result = {"case": case_id, "set": role, "error": str(e)}
+    result["inputs"] = _stamp(pred_files)
     atomic_write_text(Path(method_dir) / "cases" / f"{case_id}.json", json.dumps(result, indent=1))
     return method_dir, case_id, result
 
@@ -168,11 +178,13 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         for role in opts.sets:
             for case in manifest.role(role):
                 cached = method_dir / "cases" / f"{case['id']}.json"
-                if cached.is_file() and not opts.force:
-                    results[label].append(json.loads(cached.read_text()))
-                    continue
                 entry = index.get("cases", {}).get(case["id"])
                 pred_files = {k: folder / v for k, v in entry["files"].items()} if entry else {}
+                if cached.is_file() and not opts.force:
+                    previous = json.loads(cached.read_text())
+                    if entry and previous.get("inputs") == _stamp(pred_files):
+                        results[label].append(previous)
+                        continue
                 gt_files = {k: manifest.root / v for k, v in case.get("original", {}).items()}
                 if not entry:
                     failure = {"case": case["id"], "set": role, "error": f"{folder}: no prediction for case {case['id']}"}

@@ -183,9 +183,13 @@ def predict(opts: PredictOptions) -> PredictResult:
     output = Path(opts.output)
     index_path = output / INDEX
     index = json.loads(index_path.read_text()) if index_path.is_file() and not opts.force else {}
-    index.update({"run": str(Path(opts.run).resolve()), "checkpoint": str(ckpt), "method": method_label(config),
-                  "config": yaml.safe_load(config.to_yaml())})
-    done = index.setdefault("cases", {})
+    stat = ckpt.stat()
+    weights = f"{ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    if index.get("weights") != weights:  # a retrained or another checkpoint: earlier predictions are stale
+        index["cases"] = {}
+    index.update({"run": str(Path(opts.run).resolve()), "checkpoint": str(ckpt), "weights": weights,
+                  "method": method_label(config), "config": yaml.safe_load(config.to_yaml())})
+    done = index["cases"]
     failed = index["failed"] = []
     cases = _cases(opts, grid)
     reused = predicted = 0

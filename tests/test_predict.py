@@ -1,6 +1,7 @@
 """Predictions in each case's original geometry, implants, STL meshes, reruns, and files outside a manifest."""
 
 import json
+import shutil
 
 import numpy as np
 from conftest import write_volume
@@ -43,6 +44,16 @@ def test_predictions_are_in_the_original_geometry(tmp_path, manifest, trained_ru
             assert (tri >= lo - 1e-3).all() and (tri <= hi + 1e-3).all()
     assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--quiet"]) == 0
     assert json.loads((out / "predictions.json").read_text())["cases"] == index["cases"]  # rerun: all reused
+    from fam_skull.checkpoint import load_checkpoint, save_checkpoint
+    from fam_skull.predict import PredictOptions, predict
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    opts = PredictOptions(run=run, output=tmp_path / "again", manifest=manifest, quiet=True)
+    assert (predict(opts).predicted, predict(opts).reused) == (len(cases), len(cases))
+    best = run / "checkpoints" / "best.pt"
+    save_checkpoint(load_checkpoint(best), best)  # new weights file (e.g. a longer run): nothing is reused
+    assert predict(opts).predicted == len(cases)
 
 
 def test_predicting_files_with_their_own_geometry(tmp_path, skulls, trained_run):
