@@ -101,6 +101,12 @@ class PrepareResult:
         return self.prepared + self.reused > 0
 
 
+def _settings(opts: PrepareOptions) -> dict:
+    """The options that shape a case's volumes; a finished case is reused only if they are unchanged."""
+    keys = ("grid", "axial_slices", "keep_largest", "input_kind", "threshold", "synthetic_shape", "mandible")
+    return json.loads(json.dumps({k: getattr(opts, k) for k in keys}))
+
+
 def _case_seed(seed: int, case_id: str) -> int:
     return zlib.crc32(f"{seed}:{case_id}".encode())
 
@@ -229,6 +235,7 @@ def process_case(case: SourceCase, opts: PrepareOptions, loaded: tuple | None = 
             record["original"][kind] = rel
     record["grid_spacing"] = list(grid_geometry.spacing)
     record["layout"] = layout.to_dict()
+    record["settings"] = _settings(opts)
     atomic_write_text(opts.output / "cases" / f"{case.case_id}.json", json.dumps(record, indent=1))
     return record
 
@@ -239,7 +246,8 @@ def _finished(case: SourceCase, opts: PrepareOptions) -> dict | None:
         return None
     record = json.loads(path.read_text())
     files = [*record.get("grid", {}).values(), *record.get("original", {}).values()]
-    same = record.get("role") == case.role and record.get("defect") == case.defect and record.get("seed") == case.seed
+    same = (record.get("role"), record.get("defect"), record.get("seed"), record.get("settings")) == (
+        case.role, case.defect, case.seed, _settings(opts))
     return record if same and all((opts.output / f).is_file() for f in files) else None
 
 

@@ -212,6 +212,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: Path, *, resume: bool = False, quiet: bool = False) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, run, quiet
+        if not resume and (run / "checkpoints" / "last.pt").is_file():
+            raise ConfigError(f"output: {run} already holds a training run; continue it with --resume {run} or set output=ANOTHER_FOLDER")
         try:
             manifest = Manifest.load(cfg.data.manifest)
         except ManifestError as e:

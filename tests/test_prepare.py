@@ -1,6 +1,7 @@
 """Ingesting dataset trees written in the test, roles, idempotent reruns, and every kind of bad input."""
 
 import logging
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -68,6 +69,10 @@ def test_skullfix_tree_and_idempotent_rerun(tmp_path, skulls):
     assert all(c["defect"] == "skullfix" for c in manifest.cases)
     again = prepare(opts)
     assert (first.prepared, first.reused, again.prepared, again.reused) == (4, 0, 0, 4)
+    regrid = prepare(replace(opts, grid=(16, 16, 8)))  # another grid: nothing finished can be reused
+    assert (regrid.prepared, regrid.reused) == (4, 0)
+    case = Manifest.load(tmp_path / "out").cases[0]
+    assert to_array(read_image(Manifest.load(tmp_path / "out").file(case, "grid", "complete"))).shape == (16, 16, 8)
 
 
 def test_generated_defects_and_explicit_sets(tmp_path, skulls):

@@ -48,6 +48,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, manifest):
     assert main(["train", str(path), f"output={tmp_path / 'straight'}", "--quiet"]) == 0
     assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "train.epochs=1", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "--quiet"]) == 2  # never overwrites a run
     assert main(["train", "train.epochs=2", "--resume", str(tmp_path / "stopped"), "--quiet"]) == 0
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
