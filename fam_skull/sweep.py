@@ -124,8 +124,9 @@ def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult
             shutil.copyfile(src, out / "report" / f"curves_{slug(name)}.png")
             curves += [f"### {names[name]}", "", f"![training curves](curves_{slug(name)}.png)", ""]
     report = out / "report" / "report.md"
-    head = ["# fam-skull sweep", "", f"Runs: {len(names)}; seeds: {config.seeds}.", "",
-            "## Paper table (implants, mean ± std over seeds)" if multi_seed else "## Paper table (implants)", "", md,
-            "## Training curves", "", *curves]
+    head = ["# fam-skull sweep", "", f"Runs: {len(names)}; seeds: {config.seeds}.", ""]
+    if multi_seed:  # with one seed the evaluation's own table below is this table
+        head += ["## Paper table (implants, mean ± std over seeds)", "", md]
+    head += ["## Training curves", "", *curves]
     atomic_write_text(report, "\n".join(head) + "\n" + report.read_text())
     return SweepResult(out, md, {names[n]: str(out / "runs" / n) for n in names})

@@ -47,6 +47,7 @@ def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest, caps
     runs = {s: json.loads((tmp_path / "sweep" / "report" / f"FAM_lambda_0.001_seed_{s}" / "summary.json").read_text()) for s in (0, 1)}
     dsc = [runs[s]["sets"]["eval1"]["implant"]["dsc"]["all"]["mean"] for s in (0, 1)]
     assert rows[1][1].startswith(f"{sum(dsc) / 2:.4f} ± ")
+    assert "## Paper table (implants, mean ± std over seeds)" in (tmp_path / "sweep" / "report" / "report.md").read_text()
     # a rerun trains nothing again
     stamp = (tmp_path / "sweep" / "runs" / "fam_0.01_s1" / "checkpoints" / "last.pt").stat().st_mtime
     assert main(["sweep", str(path), "--quiet"]) == 0
