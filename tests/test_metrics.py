@@ -60,9 +60,15 @@ def test_pooled_hd95_differs_from_per_direction_max():
     from fam_skull.metrics import surface_distances
 
     ab, ba = surface_distances(a, b)
-    monai_style = max(np.percentile(ab, 95), np.percentile(ba, 95))
+    per_direction_max = max(np.percentile(ab, 95), np.percentile(ba, 95))
     assert m["hd95"] == pytest.approx(binary.hd95(a, b), abs=1e-9)
-    assert m["hd95"] < monai_style
+    assert m["hd95"] < per_direction_max
+    # MONAI's HD95 is that per-direction maximum (of its own surface definition), not medpy's pooled value
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    monai = compute_hausdorff_distance(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], percentile=95).item()
+    assert monai > m["hd95"] + 0.1
 
 
 def test_empty_policy_never_flatters():
