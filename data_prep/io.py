@@ -119,15 +119,6 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
         raise
 
 
-def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """A binary (nonzero) mask indexed (x, y, z) and its geometry."""
-    image = read_image(path)
-    array = to_array(image)
-    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
-        raise VolumeError(f"{path}: contains NaN voxels; fix or re-export the volume")
-    return array != 0, Geometry.of(image)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that readers see the old or the new content, never a partial one."""
     path = Path(path)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
 from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, write_image
-from data_prep.manifest import FORMAT, KINDS, Manifest
+from data_prep.manifest import FORMAT, KINDS, ROLES, Manifest
 from data_prep.phantom import synthetic_skull
 from data_prep.preprocess import Layout, binarize, largest_component
 from data_prep.sources import Skip, SourceCase, discover
@@ -255,19 +255,26 @@ def _source_key(case: SourceCase):
     return (case.synthetic_seed, str(case.complete))
 
 
+def _skip(case: SourceCase, error: Exception) -> Skip:
+    if isinstance(error, (VolumeError, DefectError)):
+        return Skip(case.case_id, str(error))
+    return Skip(case.case_id, f"unexpected {type(error).__name__}: {error}")
+
+
 def _work(args: tuple[list[SourceCase], PrepareOptions]) -> list[tuple[dict | None, Skip | None]]:
-    """Prepare the cases of one source skull, loading (or synthesizing) it once."""
+    """Prepare the cases of one source skull, loading (or synthesizing) it once; one bad case never stops the
+    others, and a skull that cannot be loaded is read once and reported for each of its cases."""
     group, opts = args
-    loaded, out = None, []
+    try:
+        loaded = load_complete(group[0], opts)
+    except Exception as e:  # reported and recorded per case, like any other failure
+        return [(None, _skip(case, e)) for case in group]
+    out = []
     for case in group:
         try:
-            if loaded is None:
-                loaded = load_complete(case, opts)
             out.append((process_case(case, opts, loaded), None))
-        except (VolumeError, DefectError) as e:
-            out.append((None, Skip(case.case_id, str(e))))
-        except Exception as e:  # one bad case must not stop the others; it is reported and recorded
-            out.append((None, Skip(case.case_id, f"unexpected {type(e).__name__}: {e}")))
+        except Exception as e:
+            out.append((None, _skip(case, e)))
     return out
 
 
@@ -329,7 +336,7 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
     )
     manifest.save()
     result = PrepareResult(manifest.path, len(records) - reused, reused, skipped, time.perf_counter() - start)
-    counts = {r: len(manifest.role(r)) for r in ("train", "val", "eval1", "eval2")}
+    counts = {r: len(manifest.role(r)) for r in ROLES}
     log.info(
         "prepared %d cases, reused %d, skipped %d (%s) in %.1f s -> %s",
         result.prepared, reused, len(skipped), ", ".join(f"{k} {v}" for k, v in counts.items()), result.seconds, manifest.path,

@@ -129,11 +129,7 @@ class Layout:
     def from_grid(self, grid_mask: np.ndarray) -> sitk.Image:
         """A grid mask back in the original geometry, as a uint8 image."""
         cropped = resize_mask(grid_mask, self.canonical.shape[:2] + (self.slices,))
-        canonical = self._crop(cropped, -self.z_shift, self.canonical.shape[2])
-        image = from_array(canonical.astype(np.uint8), self.canonical)
-        if self.orientation != CANONICAL:
-            image = sitk.DICOMOrient(image, self.orientation)
-        return self.original.apply(image)
+        return self.to_original(self._crop(cropped, -self.z_shift, self.canonical.shape[2]))
 
     def to_original(self, canonical_mask: np.ndarray) -> sitk.Image:
         """A canonical-resolution mask in the original geometry."""

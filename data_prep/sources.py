@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-SKULLBREAK_DEFECTS = ("bilateral", "frontoorbital", "parietotemporal", "random_1", "random_2")
 SOURCES = ("skullbreak", "skullfix", "complete", "pairs", "synthetic")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

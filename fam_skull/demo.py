@@ -24,10 +24,7 @@ def demo(config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", over
     values = merge(yaml.safe_load(config.read_text()) or {}, list(overrides))
     output = Path(output)
     prep = values.get("prepare") or {}
-    for key in ("grid", "synthetic_shape"):
-        if prep.get(key) is not None:
-            prep[key] = tuple(prep[key])
-    for key in ("defects", "shift_defects"):
+    for key in ("grid", "synthetic_shape", "defects", "shift_defects"):  # YAML lists -> the options' tuples
         if prep.get(key) is not None:
             prep[key] = tuple(prep[key])
     try:

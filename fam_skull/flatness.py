@@ -170,7 +170,7 @@ def flatness_of_loss(
     (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
     matrix = weight_matrix(weight, ref.transposed)
     factor = _factor(matrix)
-    d, m = matrix.shape
+    m = matrix.shape[1]
     samples = []
     if estimator == "exact":
         eye = torch.eye(m, dtype=matrix.dtype, device=matrix.device)

@@ -72,17 +72,17 @@ def _runs(sweep: SweepConfig) -> list[tuple[str, dict]]:
     return out
 
 
-def _train_or_resume(run_dir: Path, overrides: list[str], base: dict, epochs: int, quiet: bool) -> None:
+def _train_or_resume(cfg, run_dir: Path, quiet: bool) -> None:
     last = run_dir / "checkpoints" / "last.pt"
-    if last.is_file():
-        done = load_checkpoint(last)["epoch"]
-        if done >= epochs:
-            log.info("%s: finished (%d epochs), skipped", run_dir.name, done)
-            return
-        log.info("%s: resuming after epoch %d", run_dir.name, done)
-        train(resume=run_dir, overrides=[f"train.epochs={epochs}"], quiet=quiet)
+    if not last.is_file():
+        train(cfg, quiet=quiet)
         return
-    train(load_config(base=base, overrides=overrides), quiet=quiet)
+    done = load_checkpoint(last)["epoch"]
+    if done >= cfg.train.epochs:
+        log.info("%s: finished (%d epochs), skipped", run_dir.name, done)
+        return
+    log.info("%s: resuming after epoch %d", run_dir.name, done)
+    train(resume=run_dir, overrides=[f"train.epochs={cfg.train.epochs}"], quiet=quiet)
 
 
 @dataclass
@@ -101,7 +101,7 @@ def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult
         run_dir = out / "runs" / name
         overrides = [f"{k}={v}" for k, v in settings.items()] + [f"output={run_dir}"]
         cfg = load_config(base=run, overrides=overrides)
-        _train_or_resume(run_dir, overrides, run, cfg.train.epochs, quiet)
+        _train_or_resume(cfg, run_dir, quiet)
         predict(PredictOptions(run=run_dir, output=run_dir / "predictions", manifest=manifest.path, roles=tuple(config.sets),
                                checkpoint=config.checkpoint, min_component_mm3=config.min_component_mm3, quiet=quiet))
         label = method_label(cfg)
