@@ -115,7 +115,7 @@ def _run_train(args) -> int:
     if config is None and args.resume is None:
         raise ValueError("give a config file or --resume RUN")
     result = train(config, overrides, resume=args.resume, quiet=args.quiet)
-    logging.info("finished %s: best validation DSC %.4f at epoch %d", result.run, result.best_dsc, result.best_epoch)
+    logging.info("finished %s: best validation implant DSC %.4f at epoch %d", result.run, result.best_implant_dsc, result.best_epoch)
     return 0
 
 

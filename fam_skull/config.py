@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.defects import DEFECT_TYPES
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
@@ -38,12 +40,27 @@ class ModelConfig:
     act: str = "prelu"
     dropout: float = 0.0
     latent_size: int = 32  # linear_ae only
+    target: str = "implant"  # what the network outputs: implant (the missing bone) | complete (the whole skull)
 
 
 @dataclass
 class LossConfig:
+    name: str = "dice_ce"  # dice | dice_ce (Dice + cross-entropy) | dice_focal (Dice + focal)
+    include_background: bool = False  # Dice over the background class too (the published configs: true)
     weight: float = 1.0  # the FAM paper's skull run used 80
-    reduction: str = "mean"  # DiceLoss reduction: mean | sum
+    reduction: str = "mean"  # Dice reduction: mean | sum
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, drawn afresh for every item of every epoch from (train.seed, epoch, item)."""
+
+    fresh_defect: float = 0.8  # probability that a training item gets a new defect drawn on its complete skull
+    defect_types: list[str] = field(default_factory=list)  # empty: the manifest's generated training types
+    flip: float = 0.5  # probability of a left-right flip
+    affine: float = 0.5  # probability of a random rotation and scaling
+    rotate_deg: float = 10.0  # rotation range about each axis (+-degrees)
+    scale: float = 0.1  # scaling range (+-fraction)
 
 
 @dataclass
@@ -90,6 +107,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     fam: FAMConfig = field(default_factory=FAMConfig)
     sam: SAMConfig = field(default_factory=SAMConfig)
@@ -105,13 +123,16 @@ class Config:
 CHOICES = {
     "method": ("baseline", "fam", "sam"),
     "model.name": ("unet", "autoencoder", "linear_ae"),
+    "model.target": ("implant", "complete"),
+    "loss.name": ("dice", "dice_ce", "dice_focal"),
     "loss.reduction": ("mean", "sum"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("none", "poly", "cosine"),
     "fam.estimator": ("hutchinson", "exact"),
 }
 POSITIVE = ("data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
-NON_NEGATIVE = ("fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
+PROBABILITIES = ("augment.fresh_defect", "augment.flip", "augment.affine")
+NON_NEGATIVE = ("augment.rotate_deg", "augment.scale", "fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
 
 
 def _coerce(value, annotation, key: str):
@@ -131,6 +152,8 @@ def _coerce(value, annotation, key: str):
             return float(value)
         except ValueError:
             pass
+    if annotation is dict and isinstance(value, dict):
+        return value
     if annotation in (int, str, bool) and type(value) is annotation:
         return value
     raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
@@ -174,26 +197,43 @@ def validate(config: Config) -> Config:
     for key in NON_NEGATIVE:
         if _get(config, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")
+    for key in PROBABILITIES:
+        if not 0 <= _get(config, key) <= 1:
+            raise ConfigError(f"{key}: a probability, must lie in [0, 1], got {_get(config, key)}")
+    unknown = [k for k in config.augment.defect_types if k not in DEFECT_TYPES]
+    if unknown:
+        raise ConfigError(f"augment.defect_types: unknown type(s) {unknown}; choose from {', '.join(DEFECT_TYPES)}")
     if not config.data.manifest:
         raise ConfigError("data.manifest: required (the manifest.json written by 'fam-skull prepare')")
     return config
 
 
+def apply(base: dict, settings: dict) -> dict:
+    """A copy of the nested dict ``base`` with ``settings`` (dotted keys -> Python values) set in it."""
+    out = yaml.safe_load(yaml.safe_dump(base)) or {}
+    for key, value in settings.items():
+        node = out
+        parts = str(key).strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
 def merge(base: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` overrides (YAML values) to a nested dict."""
-    out = yaml.safe_load(yaml.safe_dump(base)) or {}
+    settings = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=5")
         key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
+        settings[key] = yaml.safe_load(raw)
+    try:
+        return apply(base, settings)
+    except ConfigError as e:
+        raise ConfigError(f"override {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:

@@ -1,4 +1,5 @@
-"""Training and validation data from a prepared manifest: defective skull in, complete skull as target."""
+"""Training and validation data from a prepared manifest: the defective skull in; its implant and complete
+skull as the two possible targets (``model.target``)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,38 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImag
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_prep.manifest import Manifest, ManifestError
+from fam_skull.transforms import MASKS
 
 
 def items(manifest: Manifest, role: str) -> list[dict]:
-    """Dataset items (id, image = grid defective path, label = grid complete path) of the ``role`` cases."""
+    """Dataset items of the ``role`` cases: ``id``, grid paths of ``image`` (defective), ``implant`` and
+    ``complete``, and ``spacing`` (grid voxel size in mm)."""
     out = []
     for case in manifest.role(role):
         out.append(
             {
                 "id": case["id"],
                 "image": str(manifest.file(case, "grid", "defective")),
-                "label": str(manifest.file(case, "grid", "complete")),
+                "implant": str(manifest.file(case, "grid", "implant")),
+                "complete": str(manifest.file(case, "grid", "complete")),
+                "spacing": torch.tensor(case["grid_spacing"], dtype=torch.float64),
             }
         )
     return out
 
 
 def transforms() -> Compose:
-    """Load the grid volumes as plain float tensors (C, X, Y, Z); the label stays 0/1."""
+    """Load the grid volumes as plain float tensors (C, X, Y, Z) holding 0/1."""
     return Compose(
         [
-            LoadImaged(keys=["image", "label"], image_only=True),
-            EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
-            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
+            LoadImaged(keys=MASKS, image_only=True),
+            EnsureChannelFirstd(keys=MASKS, channel_dim="no_channel"),
+            EnsureTyped(keys=MASKS, dtype=torch.float32, track_meta=False),
         ]
     )
 
 
-def dataset(manifest: Manifest, role: str, cache: bool = True, progress: bool = False):
+def dataset(manifest: Manifest, role: str, cache: bool = True):
     """MONAI (Cache)Dataset of the ``role`` cases.
 
     Raises:
@@ -45,7 +50,7 @@ def dataset(manifest: Manifest, role: str, cache: bool = True, progress: bool = 
     if not entries:
         raise ManifestError(f"{manifest.path}: no {role} cases; prepare more skulls or change the split")
     if cache:
-        return CacheDataset(entries, transforms(), cache_rate=1.0, num_workers=None, progress=progress)
+        return CacheDataset(entries, transforms(), cache_rate=1.0, num_workers=None, progress=False)
     return Dataset(entries, transforms())
 
 

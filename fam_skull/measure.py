@@ -49,7 +49,7 @@ def measure_flatness(run: str | Path, data: str | Path, *, roles=("train",), pro
     generator = torch.Generator().manual_seed(seed)
     per_case = {}
     for item in tqdm(Dataset(entries, transforms()), total=len(entries), desc="flatness", unit="case", disable=quiet):
-        kappa = relative_flatness(model, config.fam.layer, loss_fn, item["image"][None], item["label"][None], probes=probes, generator=generator)
+        kappa = relative_flatness(model, config.fam.layer, loss_fn, item["image"][None], item[config.model.target][None], probes=probes, generator=generator)
         per_case[item["id"]] = float(kappa.detach())
     values = np.array(list(per_case.values()))
     half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")

@@ -45,6 +45,15 @@ class LinearLatentAutoEncoder(AutoEncoder):
         return self.decode(self.decode_latent(z).view(-1, *self.encoded_shape))
 
 
+def implant_mask(logits: torch.Tensor, defective: torch.Tensor) -> torch.Tensor:
+    """The implant a network predicts: its foreground (argmax of 2 classes) minus the bone it was given.
+
+    The same for both ``model.target``s: an implant network's output is the implant, and a completion
+    network's completed skull minus its input is the bone it added. Shapes (B, 2, ...) and (B, 1, ...).
+    """
+    return (logits.argmax(1, keepdim=True) == 1) & ~(defective > 0.5)
+
+
 def build_model(
     name: str,
     *,

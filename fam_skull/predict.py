@@ -1,8 +1,9 @@
 """``fam-skull predict``: completed skulls and implants, written back in each case's original geometry.
 
-The implant is the bone the network adds to the defective skull (on the training grid), resampled to the
-original geometry, minus the defective skull, with components under ``min_component_mm3`` removed. The
-completed skull is the defective skull (the known input, exact) united with that implant.
+The implant is the network's foreground minus the defective skull it was given (on the training grid; for an
+implant network that is its output, for a completion network the bone it added), resampled to the original
+geometry, minus the defective skull, with components under ``min_component_mm3`` removed. The completed skull
+is the defective skull (the known input, exact) united with that implant.
 
 Output folder: ``<id>_complete.nii.gz`` and ``<id>_implant.nii.gz`` per case (optionally ``<id>_implant.stl``,
 a mesh in LPS millimetres for 3D printing) and ``predictions.json`` listing them; the index is rewritten
@@ -29,6 +30,7 @@ from data_prep.preprocess import Layout, binarize, largest_component
 from data_prep.sources import safe_id, stem
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.config import load_config
+from fam_skull.models import implant_mask
 from fam_skull.train import model_from_config
 
 log = logging.getLogger("fam_skull.predict")
@@ -162,8 +164,8 @@ def _cases(opts: PredictOptions, grid) -> list[dict]:
 
 
 @torch.no_grad()
-def complete_on_grid(model, defective_grid: np.ndarray, device, roi_size=None) -> np.ndarray:
-    """The network's completed skull (argmax of 2 classes) on the training grid."""
+def implant_on_grid(model, defective_grid: np.ndarray, device, roi_size=None) -> np.ndarray:
+    """The network's implant (:func:`~fam_skull.models.implant_mask`) on the training grid."""
     x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
     if roi_size is not None:
         from monai.inferers import sliding_window_inference
@@ -171,7 +173,7 @@ def complete_on_grid(model, defective_grid: np.ndarray, device, roi_size=None) -
         logits = sliding_window_inference(x, roi_size, 1, model, overlap=0.25)
     else:
         logits = model(x)
-    return logits.argmax(1)[0].cpu().numpy().astype(bool)
+    return implant_mask(logits, x)[0, 0].cpu().numpy()
 
 
 def predict(opts: PredictOptions) -> PredictResult:
@@ -201,13 +203,13 @@ def predict(opts: PredictOptions) -> PredictResult:
             continue
         try:
             defective_grid, layout, defective = case["load"]()
-            completed_grid = complete_on_grid(model, defective_grid, device, opts.roi_size)
+            implant_grid = implant_on_grid(model, defective_grid, device, opts.roi_size)
             if defective is None:
                 defective = to_array(layout.from_grid(defective_grid)) != 0
-            # the implant is what the network adds to its input, found on the grid (where input and output
-            # align exactly) and then resampled; subtracting a resampled completed skull from the original
-            # defective one instead leaves slivers along the whole skull surface
-            added = to_array(layout.from_grid(completed_grid & ~defective_grid)) != 0
+            # the implant is separated from the input on the grid (where input and output align exactly) and
+            # then resampled; subtracting a resampled completed skull from the original defective one instead
+            # leaves slivers along the whole skull surface
+            added = to_array(layout.from_grid(implant_grid)) != 0
             implant = clean_implant(added & ~defective, layout.original.spacing, opts.min_component_mm3)
             completed_image = from_array((defective | implant).astype(np.uint8), layout.original)
             files = {"complete": f"{cid}_complete.nii.gz", "implant": f"{cid}_implant.nii.gz"}

@@ -1,9 +1,11 @@
-"""``fam-skull sweep``: baseline, FAM at several lambdas and optionally SAM, over seeds; each run trained,
-predicted and evaluated; one table in the paper's layout with mean +- std over seeds. Reruns skip finished
-runs, resume interrupted ones, and reuse finished predictions and per-case metrics.
+"""``fam-skull sweep``: several training arms over seeds; each run trained, predicted and evaluated; one table
+in the paper's layout with mean +- std over seeds. Reruns skip finished runs, resume interrupted ones, and
+reuse finished predictions and per-case metrics.
 
-Config: a ``sweep`` section (below) and a ``run`` section, a training config shared by every run (its
-``method``, ``fam.lam``, ``train.seed`` and ``output`` are set per run).
+Config: a ``sweep`` section (below) and a ``run`` section, a training config shared by every run. The arms are
+either listed (``arms``: a name and the config keys it sets, e.g. ``{name: "implant target", set:
+{model.target: implant}}``) or, when ``arms`` is empty, the paper's: baseline, FAM at each of ``lams``
+and optionally SAM. ``train.seed`` and ``output`` are set per run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import yaml
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
 from fam_skull.checkpoint import load_checkpoint
-from fam_skull.config import ConfigError, build_section, load_config, merge
+from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge
 from fam_skull.evaluate import EvaluateOptions, evaluate, slug
 from fam_skull.predict import PredictOptions, method_label, predict
 from fam_skull.report import paper_table
@@ -31,6 +33,7 @@ PAPER_LAMBDAS = [0.0006, 0.002, 0.02, 0.1, 0.7]
 @dataclass
 class SweepConfig:
     output: str = "runs/sweep"
+    arms: list[dict] = field(default_factory=list)  # [{name: ..., set: {dotted.key: value}}]; empty: the paper's arms
     lams: list[float] = field(default_factory=lambda: list(PAPER_LAMBDAS))
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline: bool = True
@@ -56,19 +59,38 @@ def load_sweep(path: str | Path | None = None, overrides=(), values: dict | None
     sweep = build_section(SweepConfig, merged["sweep"], "sweep.")
     if any(lam < 0 for lam in sweep.lams):
         raise ConfigError(f"sweep.lams: every lambda must be >= 0, got {sweep.lams}")
-    load_config(base={**merged["run"], "method": "baseline"})  # fail early on a bad run section
+    for arm in _arms(sweep):  # fail early on a bad run section or arm
+        load_config(base=apply(merged["run"], arm[2]))
     return sweep, merged["run"]
 
 
-def _runs(sweep: SweepConfig) -> list[tuple[str, dict]]:
+def _arms(sweep: SweepConfig) -> list[tuple[str, str | None, dict]]:
+    """(folder name, table label or None for the method's own, config keys) of each arm."""
+    if not sweep.arms:
+        out = [("baseline", None, {"method": "baseline"})] if sweep.baseline else []
+        out += [(f"fam_{lam:g}", None, {"method": "fam", "fam.lam": lam}) for lam in sweep.lams]
+        if sweep.sam:
+            out.append((f"sam_{sweep.sam_rho:g}", None, {"method": "sam", "sam.rho": sweep.sam_rho}))
+        return out
+    out = []
+    for i, arm in enumerate(sweep.arms):
+        if set(arm) - {"name", "set"} or not isinstance(arm.get("name"), str) or not isinstance(arm.get("set", {}), dict):
+            raise ConfigError(f"sweep.arms[{i}]: expected {{name: TEXT, set: {{dotted.key: value}}}}, got {arm!r}")
+        out.append((slug(arm["name"]), arm["name"], arm.get("set", {})))
+    names = [name for name, _, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sweep.arms: two arms share a name ({names})")
+    return out
+
+
+def _runs(sweep: SweepConfig, run: dict) -> list[tuple[str, str, int, Config]]:
+    """(folder name, label, seed, config) of every run."""
     out = []
     for seed in sweep.seeds:
-        if sweep.baseline:
-            out.append((f"baseline_s{seed}", {"method": "baseline", "train.seed": seed}))
-        for lam in sweep.lams:
-            out.append((f"fam_{lam:g}_s{seed}", {"method": "fam", "fam.lam": lam, "train.seed": seed}))
-        if sweep.sam:
-            out.append((f"sam_{sweep.sam_rho:g}_s{seed}", {"method": "sam", "sam.rho": sweep.sam_rho, "train.seed": seed}))
+        for name, label, settings in _arms(sweep):
+            folder = f"{name}_s{seed}"
+            cfg = load_config(base=apply(run, {**settings, "train.seed": seed, "output": str(Path(sweep.output) / "runs" / folder)}))
+            out.append((folder, label or method_label(cfg), seed, cfg))
     return out
 
 
@@ -97,15 +119,12 @@ def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult
     out = Path(config.output)
     manifest = Manifest.load(load_config(base={**run, "method": "baseline"}).data.manifest)
     labels, folders = {}, {}
-    for name, settings in _runs(config):
-        run_dir = out / "runs" / name
-        overrides = [f"{k}={v}" for k, v in settings.items()] + [f"output={run_dir}"]
-        cfg = load_config(base=run, overrides=overrides)
+    for name, label, seed, cfg in _runs(config, run):
+        run_dir = Path(cfg.output)
         _train_or_resume(cfg, run_dir, quiet)
         predict(PredictOptions(run=run_dir, output=run_dir / "predictions", manifest=manifest.path, roles=tuple(config.sets),
                                checkpoint=config.checkpoint, min_component_mm3=config.min_component_mm3, quiet=quiet))
-        label = method_label(cfg)
-        labels[name] = (label, settings["train.seed"])
+        labels[name] = (label, seed)
         folders[name] = run_dir / "predictions"
     multi_seed = len(config.seeds) > 1
     names = {name: (f"{label}, seed {seed}" if multi_seed else label) for name, (label, seed) in labels.items()}

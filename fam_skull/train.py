@@ -23,21 +23,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 from tqdm import tqdm
 
+from data_prep.defects import DEFECT_TYPES
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest, ManifestError
-from fam_skull.checkpoint import load_checkpoint, save_checkpoint
+from data_prep.prepare import DEFAULT_DEFECTS
+from fam_skull.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
 from fam_skull.flatness import resolve_layer
-from fam_skull.models import build_model
+from fam_skull.metrics import compute_metrics, dice
+from fam_skull.models import build_model, implant_mask
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.report import save_figure
 from fam_skull.step import Stepper
+from fam_skull.transforms import EpochSeededDataset, training_augmentation
 
 log = logging.getLogger("fam_skull.train")
-CHECKPOINT_FORMAT = "fam-skull-checkpoint/1"
+CHECKPOINT_FORMAT = "fam-skull-checkpoint/2"  # /2: selection by implant DSC
 
 
 class TrainingError(RuntimeError):
@@ -48,17 +53,17 @@ class TrainingError(RuntimeError):
 class TrainResult:
     run: Path
     epochs: int
-    best_dsc: float
+    best_implant_dsc: float
     best_epoch: int
 
 
 def build_loss(config: Config):
-    """2-class DiceLoss on softmax outputs (one-hot targets), times ``loss.weight``."""
-    from monai.losses import DiceLoss
-
-    dice = DiceLoss(to_onehot_y=True, softmax=True, reduction=config.loss.reduction)
+    """The task loss on 2-class softmax outputs with one-hot targets (``loss.name``: Dice, Dice + cross-entropy
+    or Dice + focal, MONAI's), times ``loss.weight``."""
+    cls = {"dice": DiceLoss, "dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}[config.loss.name]
+    loss = cls(to_onehot_y=True, softmax=True, include_background=config.loss.include_background, reduction=config.loss.reduction)
     weight = config.loss.weight
-    return dice if weight == 1.0 else (lambda outputs, targets: weight * dice(outputs, targets))
+    return loss if weight == 1.0 else (lambda outputs, targets: weight * loss(outputs, targets))
 
 
 def model_from_config(config: Config, grid) -> torch.nn.Module:
@@ -147,40 +152,70 @@ def _finite(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, val_loader, device) -> float:
-    """Mean DSC of the argmax completed skull over the validation cases (on the grid)."""
+def validate(model: torch.nn.Module, val_ds, device) -> dict:
+    """Mean implant DSC, implant HD95 (mm) and completed-skull DSC over the validation cases, on the grid.
+
+    The implant is :func:`~fam_skull.models.implant_mask` of the output; a missed implant scores DSC 0 and
+    the grid's diagonal as HD95 (the evaluation's default policy), so it always lowers the mean.
+    """
     model.eval()
-    scores = []
-    for batch in val_loader:
-        pred = model(batch["image"].to(device)).argmax(1)
-        label = batch["label"].to(device)[:, 0] > 0.5
-        for p, t in zip(pred.bool(), label):
-            total = p.sum() + t.sum()
-            scores.append(1.0 if total == 0 else float(2 * (p & t).sum() / total))
-    return float(np.mean(scores))
+    rows = []
+    for item in val_ds:
+        defective = item["image"][None].to(device)
+        implant = implant_mask(model(defective), defective)[0, 0].cpu().numpy()
+        truth = item["implant"][0].numpy() > 0.5
+        scores = compute_metrics(implant, truth, item["spacing"].numpy())
+        skull = dice(implant | (item["image"][0].numpy() > 0.5), item["complete"][0].numpy() > 0.5)
+        rows.append((scores["dsc"], scores["hd95"], skull))
+    implant_dsc, implant_hd95, skull_dsc = np.mean(rows, axis=0)
+    return {"val_implant_dsc": float(implant_dsc), "val_implant_hd95": float(implant_hd95), "val_skull_dsc": float(skull_dsc)}
 
 
-def _plot_curves(history: list[dict], path: Path) -> None:
+def augmentation_kinds(config: Config, manifest: Manifest) -> list[str]:
+    """Defect types drawn on the fly: ``augment.defect_types``, else the generated types the manifest trained
+    on, else the default set (a dataset that shipped its own defects, such as SkullBreak)."""
+    if config.augment.defect_types:
+        return list(config.augment.defect_types)
+    trained = [k for k in manifest.data.get("options", {}).get("defects", []) if k in DEFECT_TYPES]
+    return trained or list(DEFAULT_DEFECTS)
+
+
+def _plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
+    """Four labelled panels: losses, kappa, validation implant DSC (with the completed skull's for contrast)
+    and validation implant HD95; the epoch ``best.pt`` holds is marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key, label, alpha in (("task_loss", "task loss", 1.0), ("loss", "total loss", 0.6)):
-        axes[0].plot(epochs, [np.nan if h[key] is None else h[key] for h in history], label=label, alpha=alpha)
-    axes[0].legend()
-    kappa = [(h["epoch"], h["kappa"]) for h in history if h["kappa"] is not None]
-    if kappa:
-        axes[1].plot(*zip(*kappa), color="tab:red")
-    axes[1].set_title("kappa (FAM layer, train batches)")
-    val = [(h["epoch"], h["val_dsc"]) for h in history if h["val_dsc"] is not None]
-    if val:
-        axes[2].plot(*zip(*val), marker="o", color="tab:green")
-    axes[2].set_title("validation DSC")
+    def series(key):
+        return [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for key, label, alpha in (("task_loss", "task loss", 1.0), ("loss", "total loss (with regularizer)", 0.6)):
+        if series(key):
+            axes[0].plot(*zip(*series(key)), label=label, alpha=alpha)
+    axes[0].set(title="training loss", ylabel="loss")
+    if series("task_loss"):
+        axes[0].legend()
+    if series("kappa"):
+        axes[1].plot(*zip(*series("kappa")), color="tab:red")
+    else:
+        axes[1].text(0.5, 0.5, "no FAM steps", ha="center", va="center", transform=axes[1].transAxes, color="grey")
+    axes[1].set(title="kappa (FAM layer, training batches)", ylabel="kappa")
+    for key, label, color in (("val_implant_dsc", "implant", "tab:green"), ("val_skull_dsc", "completed skull", "tab:grey")):
+        if series(key):
+            axes[2].plot(*zip(*series(key)), marker="o", color=color, label=label)
+    axes[2].set(title="validation DSC (best.pt: highest implant DSC)", ylabel="DSC", ylim=(0, 1.02))
+    if series("val_implant_dsc"):
+        axes[2].legend(loc="lower right")
+    if series("val_implant_hd95"):
+        axes[3].plot(*zip(*series("val_implant_hd95")), marker="o", color="tab:purple")
+    axes[3].set(title="validation implant HD95", ylabel="HD95 (mm)")
     for ax in axes:
         ax.set_xlabel("epoch")
+        if best_epoch and ax in (axes[2], axes[3]):
+            ax.axvline(best_epoch, color="black", linestyle=":", linewidth=1)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -233,10 +268,13 @@ class Trainer:
             except ValueError as e:
                 raise ConfigError(f"fam.layer: {e}") from None
         self.train_ds = dataset(manifest, "train", cfg.data.cache)
+        a = cfg.augment
+        if a.fresh_defect or a.flip or a.affine:
+            augmentation = training_augmentation(augmentation_kinds(cfg, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale)
+            self.train_ds = EpochSeededDataset(self.train_ds, augmentation, cfg.train.seed)
         self.val_ds = dataset(manifest, "val", cfg.data.cache) if manifest.role("val") and self.rank == 0 else None
         self.train_loader = loader(self.train_ds, cfg.data.batch_size // self.world, shuffle=True, seed=cfg.train.seed,
                                    rank=self.rank, world=self.world, num_workers=cfg.data.num_workers)
-        self.val_loader = loader(self.val_ds, 1, shuffle=False, seed=0) if self.val_ds is not None else None
         net = self.model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -262,6 +300,9 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def _restore(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.ckpt_dir / 'last.pt'}: checkpoint format {state.get('format')!r}, this version resumes "
+                                  f"{CHECKPOINT_FORMAT!r}; start a new run (predict still reads the old one)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -271,7 +312,7 @@ class Trainer:
         if self.regularizer is not None and state.get("regularizer"):
             self.regularizer.load_state_dict(state["regularizer"])
         _set_rng_state(state["rng"])
-        self.start_epoch, self.best, self.best_epoch, self.history = state["epoch"] + 1, state["best_dsc"], state["best_epoch"], state["history"]
+        self.start_epoch, self.best, self.best_epoch, self.history = state["epoch"] + 1, state["best_implant_dsc"], state["best_epoch"], state["history"]
 
     def _state(self, epoch: int) -> dict:
         return {
@@ -283,7 +324,7 @@ class Trainer:
             "scaler": self.stepper.scaler.state_dict(),
             "regularizer": self.regularizer.state_dict() if self.regularizer is not None else {},
             "rng": _rng_state(),
-            "best_dsc": self.best,
+            "best_implant_dsc": self.best,
             "best_epoch": self.best_epoch,
             "history": self.history,
             "config": self.cfg.to_yaml(),
@@ -318,6 +359,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict:
         self.train_loader.sampler.set_epoch(epoch)
+        if isinstance(self.train_ds, EpochSeededDataset):
+            self.train_ds.set_epoch(epoch)
         losses, task_losses, kappas = [], [], []
         steps = skipped = 0
         wait = busy = 0.0
@@ -325,7 +368,7 @@ class Trainer:
         t0 = time.perf_counter()
         for batch in self.train_loader:
             t1 = time.perf_counter()
-            result = self.stepper(batch["image"].to(self.device), batch["label"].to(self.device))
+            result = self.stepper(batch["image"].to(self.device), batch[self.cfg.model.target].to(self.device))
             t2 = time.perf_counter()
             wait, busy, t0 = wait + t1 - t0, busy + t2 - t1, t2
             step_no = (epoch - 1) * len(self.train_loader) + steps
@@ -354,7 +397,9 @@ class Trainer:
             "loss": float(np.mean(losses)) if losses else None,
             "task_loss": float(np.mean(task_losses)) if task_losses else None,
             "kappa": float(np.mean(kappas)) if kappas else None,
-            "val_dsc": None,
+            "val_implant_dsc": None,
+            "val_implant_hd95": None,
+            "val_skull_dsc": None,
             "step_time": busy / max(steps, 1),
             "data_wait_share": wait / max(wait + busy, 1e-12),
             "skipped_steps": skipped,
@@ -375,10 +420,10 @@ class Trainer:
         cfg = self.cfg
         finite = _finite(self.model)
         is_best = False
-        if self.val_loader is not None and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
-            row["val_dsc"] = validate(self.model, self.val_loader, self.device)
-            if finite and row["val_dsc"] > self.best:
-                self.best, self.best_epoch, is_best = row["val_dsc"], epoch, True
+        if self.val_ds is not None and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+            row.update(validate(self.model, self.val_ds, self.device))
+            if finite and row["val_implant_dsc"] > self.best:
+                self.best, self.best_epoch, is_best = row["val_implant_dsc"], epoch, True
         self.history.append(row)
         if finite:
             state = self._state(epoch)
@@ -390,8 +435,8 @@ class Trainer:
         else:
             log.error("epoch %d: weights are not finite; last.pt and best.pt are left as they were", epoch)
         _write_metrics(self.history, self.run_dir / "metrics.csv")
-        _plot_curves(self.history, self.run_dir / "curves.png")
-        for key in ("kappa", "val_dsc", "step_time", "data_wait_share"):
+        _plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
+        for key in ("kappa", "val_implant_dsc", "val_implant_hd95", "val_skull_dsc", "step_time", "data_wait_share"):
             if row[key] is not None:
                 self._writer.add_scalar(f"epoch/{key}", row[key], epoch)
         self._writer.flush()
@@ -401,8 +446,9 @@ class Trainer:
         def fmt(value, spec):
             return "-" if value is None else format(value, spec)
 
-        log.info("epoch %d: loss %s, task %s, kappa %s, val DSC %s, %.3f s/step, data wait %.1f%%%s",
-                 epoch, fmt(row["loss"], ".4f"), fmt(row["task_loss"], ".4f"), fmt(row["kappa"], ".4g"), fmt(row["val_dsc"], ".4f"),
+        log.info("epoch %d: loss %s, task %s, kappa %s, val implant DSC %s HD95 %s mm, %.3f s/step, data wait %.1f%%%s",
+                 epoch, fmt(row["loss"], ".4f"), fmt(row["task_loss"], ".4f"), fmt(row["kappa"], ".4g"),
+                 fmt(row["val_implant_dsc"], ".4f"), fmt(row["val_implant_hd95"], ".2f"),
                  row["step_time"], 100 * row["data_wait_share"], f", {row['skipped_steps']} skipped" if row["skipped_steps"] else "")
 
     def run(self) -> TrainResult:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -34,7 +35,7 @@ def test_two_epoch_run_leaves_a_complete_run_folder(tmp_path, manifest, method, 
     assert any((run / "tb").iterdir())
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     header = rows[0].split(",")
-    assert len(rows) == 3 and {"loss", "kappa", "val_dsc", "step_time"} <= set(header)
+    assert len(rows) == 3 and {"loss", "kappa", "val_implant_dsc", "val_implant_hd95", "val_skull_dsc", "step_time"} <= set(header)
     kappas = [r.split(",")[header.index("kappa")] for r in rows[1:]]
     assert all(kappas) if method == "fam" else not any(kappas)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -44,7 +45,9 @@ def test_two_epoch_run_leaves_a_complete_run_folder(tmp_path, manifest, method, 
 
 
 def test_resume_ends_with_the_same_weights(tmp_path, manifest):
-    path, out = config_file(tmp_path, manifest, "fam", optim={"scheduler": "poly"})
+    # every augmentation on: fresh defects, flips and affine are drawn from (seed, epoch, item) alone
+    augment = {"fresh_defect": 1.0, "flip": 0.5, "affine": 0.5}
+    path, out = config_file(tmp_path, manifest, "fam", optim={"scheduler": "poly"}, augment=augment)
     assert main(["train", str(path), f"output={tmp_path / 'straight'}", "--quiet"]) == 0
     assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "train.epochs=1", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 1
@@ -106,3 +109,116 @@ def test_non_finite_steps_stop_the_run(tmp_path, manifest, monkeypatch):
         train(path, quiet=True)
     assert not (tmp_path / "run_baseline_unet" / "checkpoints" / "last.pt").exists()
     assert "non-finite loss" in (tmp_path / "run_baseline_unet" / "log.txt").read_text()
+
+
+def _logits(mask):
+    """2-class logits whose argmax is ``mask`` (B, 1, ...) -> (B, 2, ...)."""
+    return torch.cat([1 - 2 * mask, 2 * mask - 1], dim=1) * 5.0
+
+
+@pytest.mark.parametrize("name", ["dice", "dice_ce"])
+def test_loss_options_match_a_hand_computation(name):
+    from fam_skull.config import Config
+    from fam_skull.train import build_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 6, 5, 4, generator=g, dtype=torch.float64)
+    target = (torch.rand(2, 1, 6, 5, 4, generator=g) > 0.7).double()
+    cfg = Config()
+    cfg.loss.name = name
+    p = torch.softmax(logits, 1)[:, 1:]  # foreground only: include_background is False by default
+    inter, total = (p * target).sum((2, 3, 4)), (p + target).sum((2, 3, 4))
+    expected = (1 - (2 * inter + 1e-5) / (total + 1e-5)).mean()  # MONAI's smoothing terms
+    if name == "dice_ce":
+        expected = expected + torch.nn.functional.cross_entropy(logits, target[:, 0].long())
+    torch.testing.assert_close(build_loss(cfg)(logits, target), expected)
+    cfg.loss.weight = 80.0
+    torch.testing.assert_close(build_loss(cfg)(logits, target), 80 * expected)
+
+
+@pytest.mark.parametrize("target", ["implant", "complete"])
+def test_model_target_chooses_what_the_network_learns(tmp_path, manifest, monkeypatch, target):
+    import fam_skull.train as train_module
+    from data_prep.io import read_image, to_array
+    from data_prep.manifest import Manifest
+
+    seen = []
+
+    def recording_loss(cfg):
+        def loss(outputs, targets):
+            seen.append(float(targets.sum()))
+            return outputs.mean() * 0
+        return loss
+
+    monkeypatch.setattr(train_module, "build_loss", recording_loss)
+    off = {"fresh_defect": 0.0, "flip": 0.0, "affine": 0.0}
+    path, _ = write_config(tmp_path, manifest, "baseline", {**TINY_UNET, "target": target}, f"run_{target}", augment=off, train={"epochs": 1})
+    train_module.train(path, quiet=True)
+    m = Manifest.load(manifest)
+    expected = sum(to_array(read_image(m.file(c, "grid", target))).sum() for c in m.role("train"))
+    assert sum(seen) == expected
+
+
+class _Oracle(torch.nn.Module):
+    """Outputs a fixed mask as 2-class logits, whatever its input."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x):
+        return _logits(self.mask[None])
+
+
+def _val_case():
+    complete = torch.zeros(1, 12, 10, 8)
+    complete[:, 2:10, 2:8, 2:6] = 1
+    complete[:, 4:8, 4:6, 3:5] = 0  # a hollow box
+    implant = torch.zeros_like(complete)
+    implant[:, 2:10, 2:8, 5:6] = complete[:, 2:10, 2:8, 5:6]  # the lid
+    return {"image": complete - implant, "implant": implant, "complete": complete, "spacing": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)}
+
+
+def test_validation_scores_the_implant_not_the_copied_input():
+    from fam_skull.train import validate
+
+    case = _val_case()
+    perfect = validate(_Oracle(case["implant"]), [case], "cpu")
+    assert perfect == {"val_implant_dsc": 1.0, "val_implant_hd95": 0.0, "val_skull_dsc": 1.0}
+    copier = validate(_Oracle(case["image"]), [case], "cpu")  # the network that copies its input
+    known, total = case["image"].sum(), case["complete"].sum()
+    assert copier["val_implant_dsc"] == 0.0
+    assert copier["val_implant_hd95"] == pytest.approx(np.linalg.norm([12 * 1.0, 10 * 2.0, 8 * 3.0]))  # the miss policy
+    assert copier["val_skull_dsc"] == pytest.approx(float(2 * known / (known + total)))
+
+
+def test_best_checkpoint_is_the_epoch_with_the_best_implant_dsc(tmp_path, manifest, monkeypatch):
+    import fam_skull.train as train_module
+
+    # implant DSC peaks at epoch 2 while the completed-skull DSC peaks at epoch 3
+    scripted = iter([(0.2, 0.95), (0.6, 0.90), (0.4, 0.99)])
+
+    def fake_validate(model, ds, device):
+        implant, skull = next(scripted)
+        return {"val_implant_dsc": implant, "val_implant_hd95": 5.0, "val_skull_dsc": skull}
+
+    monkeypatch.setattr(train_module, "validate", fake_validate)
+    path, _ = config_file(tmp_path, manifest, "baseline", train={"epochs": 3})
+    result = train_module.train(path, quiet=True)
+    run = tmp_path / "run_baseline_unet"
+    best, last = load_checkpoint(run / "checkpoints" / "best.pt"), load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (result.best_epoch, result.best_implant_dsc, best["epoch"], last["epoch"]) == (2, 0.6, 2, 3)
+    header, *rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[header.split(",").index("val_implant_dsc")] for r in rows] == ["0.2", "0.6", "0.4"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_format(tmp_path, manifest, capsys):
+    from fam_skull.checkpoint import save_checkpoint
+
+    path, _ = config_file(tmp_path, manifest, "baseline", train={"epochs": 1})
+    assert main(["train", str(path), "--quiet"]) == 0
+    run = tmp_path / "run_baseline_unet"
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    save_checkpoint({**state, "format": "fam-skull-checkpoint/1"}, run / "checkpoints" / "last.pt")
+    assert main(["train", "train.epochs=2", "--resume", str(run), "--quiet"]) == 1
+    assert "checkpoint format 'fam-skull-checkpoint/1'" in capsys.readouterr().err
