@@ -51,6 +51,8 @@ class PrepareOptions:
         workers: parallel processes.
         force: redo finished cases.
         strict: nonzero exit when anything was skipped.
+        refine_data: also write train and val volumes in the original geometry (at the scan's resolution),
+            which the refinement stage trains on; evaluation sets always have them.
     """
 
     output: Path
@@ -75,6 +77,7 @@ class PrepareOptions:
     strict: bool = False
     quiet: bool = False
     mandible: bool = False
+    refine_data: bool = True
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -103,7 +106,7 @@ class PrepareResult:
 
 def _settings(opts: PrepareOptions) -> dict:
     """The options that shape a case's volumes; a finished case is reused only if they are unchanged."""
-    keys = ("grid", "axial_slices", "keep_largest", "input_kind", "threshold", "synthetic_shape", "mandible")
+    keys = ("grid", "axial_slices", "keep_largest", "input_kind", "threshold", "synthetic_shape", "mandible", "refine_data")
     return json.loads(json.dumps({k: getattr(opts, k) for k in keys}))
 
 
@@ -227,7 +230,7 @@ def process_case(case: SourceCase, opts: PrepareOptions, loaded: tuple | None = 
         rel = f"grid/{case.case_id}_{kind}.nii.gz"
         write_image(from_array(layout.to_grid(mask), grid_geometry), opts.output / rel)
         record["grid"][kind] = rel
-    if case.role in ("eval1", "eval2"):
+    if case.role in ("eval1", "eval2") or opts.refine_data:
         record["original"] = {}
         for kind, mask in volumes.items():
             rel = f"original/{case.case_id}_{kind}.nii.gz"

@@ -47,13 +47,17 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
+def resize_field(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resize of a scalar field (float32), voxel corners aligned as in :func:`resize_mask`."""
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    if tuple(values.shape) == tuple(shape):
+        return t[0, 0].numpy().copy()
+    return torch.nn.functional.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
 def resize_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Trilinear resize of a binary mask, thresholded at 0.5."""
-    if tuple(mask.shape) == tuple(shape):
-        return mask.copy()
-    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    out = torch.nn.functional.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)
-    return out[0, 0].numpy() >= 0.5
+    return resize_field(mask, shape) >= 0.5
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,15 @@ class Layout:
         corner = np.array(self.canonical.origin) - old / 2 + np.array([0, 0, self.z_shift * old[2]])
         return Geometry(self.grid, tuple(new.tolist()), tuple((corner + new / 2).tolist()), self.canonical.direction)
 
+    def canonical_from_grid(self, grid_values: np.ndarray) -> np.ndarray:
+        """A grid field (e.g. a probability) resized trilinearly to the canonical array, zero where the axial
+        crop/pad removed slices."""
+        cropped = resize_field(grid_values, self.canonical.shape[:2] + (self.slices,))
+        return self._crop(cropped, -self.z_shift, self.canonical.shape[2])
+
     def from_grid(self, grid_mask: np.ndarray) -> sitk.Image:
         """A grid mask back in the original geometry, as a uint8 image."""
-        cropped = resize_mask(grid_mask, self.canonical.shape[:2] + (self.slices,))
-        return self.to_original(self._crop(cropped, -self.z_shift, self.canonical.shape[2]))
+        return self.to_original(self.canonical_from_grid(grid_mask) >= 0.5)
 
     def to_original(self, canonical_mask: np.ndarray) -> sitk.Image:
         """A canonical-resolution mask in the original geometry."""

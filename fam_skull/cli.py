@@ -51,6 +51,8 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--eval1", type=_names, default=(), help="skull ids of evaluation set 1 (comma list or @file)")
     p.add_argument("--eval2", type=_names, default=(), help="skull ids of evaluation set 2 (comma list or @file)")
     p.add_argument("--mandible", action="store_true", help="synthetic skulls get a mandible arc")
+    p.add_argument("--no-refine-data", dest="refine_data", action="store_false",
+                   help="write train/val volumes on the grid only (the refinement stage needs them at the scan's resolution)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--force", action="store_true", help="redo finished cases")
@@ -80,6 +82,7 @@ def _run_prepare(args) -> int:
         eval1=args.eval1,
         eval2=args.eval2,
         mandible=args.mandible,
+        refine_data=args.refine_data,
         seed=args.seed,
         workers=args.workers,
         force=args.force,
@@ -133,6 +136,8 @@ def _predict_parser(sub) -> None:
     p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="drop smaller implant pieces")
     p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
     p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
+    p.add_argument("--stage", choices=["coarse", "refined"], default=None,
+                   help="with a refinement run: refined (default) or its coarse stage alone")
     p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind)
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--device", default=d.device)

@@ -101,8 +101,20 @@ class TrainConfig:
 
 
 @dataclass
+class RefineConfig:
+    """The refinement stage (``stage: refine``): a network at the scan's resolution, in a box around the coarse
+    implant, fed the defective skull and the coarse run's upsampled implant probability."""
+
+    coarse_run: str = ""  # the finished coarse run folder
+    coarse_checkpoint: str = "best"
+    patch: list[int] = field(default_factory=lambda: [48, 48, 48])  # training crop and sliding window (voxels)
+    margin_mm: float = 10.0  # the box: the coarse implant's bounding box grown by this margin
+
+
+@dataclass
 class Config:
     method: str = "baseline"  # baseline | fam | sam
+    stage: str = "coarse"  # coarse (the training grid) | refine (the scan's resolution, around the coarse implant)
     output: str = "runs/run"  # the run folder
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -111,6 +123,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     fam: FAMConfig = field(default_factory=FAMConfig)
     sam: SAMConfig = field(default_factory=SAMConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -122,6 +135,7 @@ class Config:
 
 CHOICES = {
     "method": ("baseline", "fam", "sam"),
+    "stage": ("coarse", "refine"),
     "model.name": ("unet", "autoencoder", "linear_ae"),
     "model.target": ("implant", "complete"),
     "loss.name": ("dice", "dice_ce", "dice_focal"),
@@ -132,7 +146,7 @@ CHOICES = {
 }
 POSITIVE = ("data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
 PROBABILITIES = ("augment.fresh_defect", "augment.flip", "augment.affine")
-NON_NEGATIVE = ("augment.rotate_deg", "augment.scale", "fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
+NON_NEGATIVE = ("refine.margin_mm", "augment.rotate_deg", "augment.scale", "fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
 
 
 def _coerce(value, annotation, key: str):
@@ -203,6 +217,13 @@ def validate(config: Config) -> Config:
     unknown = [k for k in config.augment.defect_types if k not in DEFECT_TYPES]
     if unknown:
         raise ConfigError(f"augment.defect_types: unknown type(s) {unknown}; choose from {', '.join(DEFECT_TYPES)}")
+    if config.stage == "refine":
+        if not config.refine.coarse_run:
+            raise ConfigError("refine.coarse_run: required with stage: refine (the finished coarse run folder)")
+        if config.model.target != "implant" or config.model.name != "unet":
+            raise ConfigError("stage: refine trains a unet with model.target: implant")
+        if len(config.refine.patch) != 3 or min(config.refine.patch) < 8:
+            raise ConfigError(f"refine.patch: three sizes >= 8 voxels, got {config.refine.patch}")
     if not config.data.manifest:
         raise ConfigError("data.manifest: required (the manifest.json written by 'fam-skull prepare')")
     return config

@@ -28,40 +28,13 @@ from data_prep.io import VolumeError, atomic_write_bytes, atomic_write_text, fro
 from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout, binarize, largest_component
 from data_prep.sources import safe_id, stem
-from fam_skull.checkpoint import load_checkpoint
-from fam_skull.config import load_config
 from fam_skull.models import implant_mask
-from fam_skull.train import model_from_config
+from fam_skull.refine import coarse_probability, refine_implant
+from fam_skull.runs import load_run, method_label
 
 log = logging.getLogger("fam_skull.predict")
 INDEX = "predictions.json"
-
-
-def method_label(config) -> str:
-    """How a run is named in tables: baseline, FAM with its lambda, or SAM with its rho."""
-    if config.method == "fam":
-        return f"FAM, lambda = {config.fam.lam:g}"
-    if config.method == "sam":
-        return f"SAM, rho = {config.sam.rho:g}"
-    return "baseline"
-
-
-def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
-    """The trained model (eval mode), its config and training grid.
-
-    ``checkpoint`` is ``best``, ``last``, ``epoch_NNNN`` or a path; ``best`` falls back to ``last`` when a run
-    never validated.
-    """
-    run = Path(run)
-    config = load_config(run / "config.yaml")
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else run / "checkpoints" / f"{checkpoint}.pt"
-    if checkpoint == "best" and not path.is_file():
-        path = run / "checkpoints" / "last.pt"
-    state = load_checkpoint(path, map_location=device)
-    grid = tuple(state["grid"])
-    model = model_from_config(config, grid)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config, grid, path
+STAGES = ("coarse", "refined")
 
 
 def clean_implant(implant: np.ndarray, spacing, min_component_mm3: float) -> np.ndarray:
@@ -109,6 +82,7 @@ class PredictOptions:
         min_component_mm3: implant components smaller than this are removed.
         stl: also write ``<id>_implant.stl``.
         roi_size: sliding-window size on the grid (None: the whole grid at once).
+        stage: ``coarse`` or ``refined`` (a refinement run only); default: the run's own stage.
         input_kind, threshold: how ``files`` are binarized (as in ``prepare``).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
     """
@@ -122,6 +96,7 @@ class PredictOptions:
     min_component_mm3: float = 100.0
     stl: bool = False
     roi_size: tuple[int, int, int] | None = None
+    stage: str | None = None
     input_kind: str = "auto"
     threshold: float = 150.0
     device: str = "auto"
@@ -139,7 +114,8 @@ class PredictResult:
 
 def _cases(opts: PredictOptions, grid) -> list[dict]:
     """The cases to predict as ``{"id", "source", "load"}``; ``load()`` returns the grid defective skull, the
-    case's Layout, and its defective skull in the original geometry (None when only the grid one exists)."""
+    case's Layout, and its canonical defective skull at the scan's resolution (None when only the grid one
+    exists)."""
     out = []
     if opts.manifest is not None:
         manifest = Manifest.load(opts.manifest)
@@ -150,15 +126,15 @@ def _cases(opts: PredictOptions, grid) -> list[dict]:
                 layout = Layout.from_dict(case["layout"])
                 defective_grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
                 original = case.get("original", {}).get("defective")
-                defective = to_array(read_image(manifest.root / original)) != 0 if original else None
-                return defective_grid, layout, defective
+                canonical = layout.canonical_array(read_image(manifest.root / original)) != 0 if original else None
+                return defective_grid, layout, canonical
             out.append({"id": case["id"], "source": case["id"], "load": load})
     for path in opts.files:
         def load(path=Path(path)):
             image = read_image(path)
             layout = Layout.plan(image, grid)
             canonical = largest_component(binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path)))
-            return layout.to_grid(canonical), layout, to_array(layout.to_original(canonical)) != 0
+            return layout.to_grid(canonical), layout, canonical
         out.append({"id": safe_id(stem(Path(path))), "source": str(path), "load": load})
     return out
 
@@ -180,16 +156,23 @@ def predict(opts: PredictOptions) -> PredictResult:
     """Predict every case; one case's bad input is recorded in the index and the others go on."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device)
     model, config, grid, ckpt = load_run(opts.run, opts.checkpoint, device)
+    stage = opts.stage or ("refined" if config.stage == "refine" else "coarse")
+    if stage not in STAGES or (stage == "refined" and config.stage != "refine"):
+        raise ValueError(f"stage: {stage!r} needs one of {', '.join(STAGES)}; 'refined' needs a refinement run (stage: refine)")
+    refiner, checkpoints = None, [ckpt]
+    if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
+        refiner = model if stage == "refined" else None
+        model, coarse_config, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, device)
+        checkpoints = [coarse_ckpt] + ([ckpt] if refiner is not None else [])
     if opts.roi_size is not None and config.model.name == "linear_ae":
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
     output = Path(opts.output)
     index_path = output / INDEX
     index = json.loads(index_path.read_text()) if index_path.is_file() and not opts.force else {}
-    stat = ckpt.stat()
-    weights = f"{ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    if index.get("weights") != weights:  # a retrained or another checkpoint: earlier predictions are stale
+    weights = ";".join(f"{c.resolve()}:{c.stat().st_size}:{c.stat().st_mtime_ns}" for c in checkpoints) + f";{stage}"
+    if index.get("weights") != weights:  # a retrained or another checkpoint or stage: earlier predictions are stale
         index["cases"] = {}
-    index.update({"run": str(Path(opts.run).resolve()), "checkpoint": str(ckpt), "weights": weights,
+    index.update({"run": str(Path(opts.run).resolve()), "checkpoint": str(ckpt), "weights": weights, "stage": stage,
                   "method": method_label(config), "config": yaml.safe_load(config.to_yaml())})
     done = index["cases"]
     failed = index["failed"] = []
@@ -202,14 +185,20 @@ def predict(opts: PredictOptions) -> PredictResult:
             reused += 1
             continue
         try:
-            defective_grid, layout, defective = case["load"]()
-            implant_grid = implant_on_grid(model, defective_grid, device, opts.roi_size)
-            if defective is None:
-                defective = to_array(layout.from_grid(defective_grid)) != 0
-            # the implant is separated from the input on the grid (where input and output align exactly) and
-            # then resampled; subtracting a resampled completed skull from the original defective one instead
-            # leaves slivers along the whole skull surface
-            added = to_array(layout.from_grid(implant_grid)) != 0
+            defective_grid, layout, canonical = case["load"]()
+            if canonical is None:  # a grid-only case: its scan-resolution skull is the resampled grid one
+                canonical = layout.canonical_from_grid(defective_grid) >= 0.5
+            defective = to_array(layout.to_original(canonical)) != 0
+            if refiner is None:
+                # the implant is separated from the input on the grid (where input and output align exactly)
+                # and then resampled; subtracting a resampled completed skull from the original defective one
+                # instead leaves slivers along the whole skull surface
+                added = to_array(layout.from_grid(implant_on_grid(model, defective_grid, device, opts.roi_size))) != 0
+            else:
+                probability = layout.canonical_from_grid(coarse_probability(model, defective_grid, device)) * ~canonical
+                refined = refine_implant(refiner, canonical, probability, layout.canonical.spacing, config.refine.patch,
+                                         config.refine.margin_mm, device)
+                added = to_array(layout.to_original(refined)) != 0
             implant = clean_implant(added & ~defective, layout.original.spacing, opts.min_component_mm3)
             completed_image = from_array((defective | implant).astype(np.uint8), layout.original)
             files = {"complete": f"{cid}_complete.nii.gz", "implant": f"{cid}_implant.nii.gz"}

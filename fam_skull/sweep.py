@@ -22,7 +22,8 @@ from data_prep.manifest import Manifest
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge
 from fam_skull.evaluate import EvaluateOptions, evaluate, slug
-from fam_skull.predict import PredictOptions, method_label, predict
+from fam_skull.predict import PredictOptions, predict
+from fam_skull.runs import method_label
 from fam_skull.report import paper_table
 from fam_skull.train import train
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 from tqdm import tqdm
 
 from data_prep.defects import DEFECT_TYPES
@@ -35,9 +34,11 @@ from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
 from fam_skull.flatness import resolve_layer
 from fam_skull.metrics import compute_metrics, dice
-from fam_skull.models import build_model, implant_mask
+from fam_skull.models import implant_mask
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.report import save_figure
+from fam_skull import refine
+from fam_skull.runs import build_loss, load_run, model_from_config
 from fam_skull.step import Stepper
 from fam_skull.transforms import EpochSeededDataset, training_augmentation
 
@@ -55,26 +56,6 @@ class TrainResult:
     epochs: int
     best_implant_dsc: float
     best_epoch: int
-
-
-def build_loss(config: Config):
-    """The task loss on 2-class softmax outputs with one-hot targets (``loss.name``: Dice, Dice + cross-entropy
-    or Dice + focal, MONAI's), times ``loss.weight``."""
-    cls = {"dice": DiceLoss, "dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}[config.loss.name]
-    loss = cls(to_onehot_y=True, softmax=True, include_background=config.loss.include_background, reduction=config.loss.reduction)
-    weight = config.loss.weight
-    return loss if weight == 1.0 else (lambda outputs, targets: weight * loss(outputs, targets))
-
-
-def model_from_config(config: Config, grid) -> torch.nn.Module:
-    m = config.model
-    try:
-        return build_model(
-            m.name, channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=m.norm,
-            act=m.act, dropout=m.dropout, latent_size=m.latent_size, spatial_size=grid,
-        )
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
 
 
 def _optimizer(config: Config, params) -> torch.optim.Optimizer:
@@ -267,12 +248,16 @@ class Trainer:
                 resolve_layer(self.model, cfg.fam.layer)
             except ValueError as e:
                 raise ConfigError(f"fam.layer: {e}") from None
-        self.train_ds = dataset(manifest, "train", cfg.data.cache)
-        a = cfg.augment
-        if a.fresh_defect or a.flip or a.affine:
-            augmentation = training_augmentation(augmentation_kinds(cfg, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale)
-            self.train_ds = EpochSeededDataset(self.train_ds, augmentation, cfg.train.seed)
-        self.val_ds = dataset(manifest, "val", cfg.data.cache) if manifest.role("val") and self.rank == 0 else None
+        validating = bool(manifest.role("val")) and self.rank == 0
+        if cfg.stage == "refine":
+            self._refine_data(manifest, validating)
+        else:
+            self.train_ds = dataset(manifest, "train", cfg.data.cache)
+            a = cfg.augment
+            if a.fresh_defect or a.flip or a.affine:
+                augmentation = training_augmentation(augmentation_kinds(cfg, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale)
+                self.train_ds = EpochSeededDataset(self.train_ds, augmentation, cfg.train.seed)
+            self.val_ds = dataset(manifest, "val", cfg.data.cache) if validating else None
         self.train_loader = loader(self.train_ds, cfg.data.batch_size // self.world, shuffle=True, seed=cfg.train.seed,
                                    rank=self.rank, world=self.world, num_workers=cfg.data.num_workers)
         net = self.model
@@ -294,6 +279,25 @@ class Trainer:
         if resume:
             self._restore(load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device))
         self._handler = self._writer = None
+
+    def _refine_data(self, manifest: Manifest, validating: bool) -> None:
+        """Refinement stage: the coarse run's probabilities for every train (val) case at the scan's resolution,
+        patches of the boxes around the defects for training, whole cases for validation."""
+        r = self.cfg.refine
+        try:
+            coarse, coarse_cfg, coarse_grid, _ = load_run(r.coarse_run, r.coarse_checkpoint, self.device)
+        except (ConfigError, CheckpointError) as e:
+            raise ConfigError(f"refine.coarse_run: {e}") from None
+        if coarse_cfg.stage != "coarse" or tuple(coarse_grid) != self.grid:
+            raise ConfigError(f"refine.coarse_run: {r.coarse_run} must be a coarse run on this manifest's grid {list(self.grid)}")
+        items = refine.training_items(refine.load_cases(manifest, "train", coarse, self.device, self.quiet), r.margin_mm)
+        self.train_ds = EpochSeededDataset(items, refine.patch_augmentation(r.patch), self.cfg.train.seed)
+        self.val_ds = refine.load_cases(manifest, "val", coarse, self.device, self.quiet) if validating else None
+
+    def _validate(self) -> dict:
+        if self.cfg.stage == "refine":
+            return refine.validate_refined(self.model, self.val_ds, self.cfg.refine.patch, self.cfg.refine.margin_mm, self.device)
+        return validate(self.model, self.val_ds, self.device)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -421,7 +425,7 @@ class Trainer:
         finite = _finite(self.model)
         is_best = False
         if self.val_ds is not None and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
-            row.update(validate(self.model, self.val_ds, self.device))
+            row.update(self._validate())
             if finite and row["val_implant_dsc"] > self.best:
                 self.best, self.best_epoch, is_best = row["val_implant_dsc"], epoch, True
         self.history.append(row)

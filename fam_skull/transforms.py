@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandAffined, RandFlipd, Randomizable, RandomizableTransform
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
@@ -118,4 +117,5 @@ class EpochSeededDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         self.transform.set_random_state(seed=item_seed(self.seed, self.epoch, index))
-        return self.transform(dict(self.base[index]))
+        out = self.transform(dict(self.base[index]))
+        return out[0] if isinstance(out, list) else out  # a patch sampler's (num_samples=1) single patch

@@ -8,7 +8,7 @@ import yaml
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.flatness import resolve_layer
 from fam_skull.sweep import load_sweep
-from fam_skull.train import model_from_config
+from fam_skull.runs import model_from_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -119,7 +119,7 @@ def _logits(mask):
 @pytest.mark.parametrize("name", ["dice", "dice_ce"])
 def test_loss_options_match_a_hand_computation(name):
     from fam_skull.config import Config
-    from fam_skull.train import build_loss
+    from fam_skull.runs import build_loss
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 2, 6, 5, 4, generator=g, dtype=torch.float64)

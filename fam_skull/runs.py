@@ -1,0 +1,63 @@
+"""What a run folder holds and how its parts are built: the model and loss from a config, a trained run loaded
+back, and the label a run carries in tables. The stages (train, predict, refine, measure, sweep) ask here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+
+from fam_skull.checkpoint import load_checkpoint
+from fam_skull.config import Config, ConfigError, load_config
+from fam_skull.models import build_model
+
+
+def build_loss(config: Config):
+    """The task loss on 2-class softmax outputs with one-hot targets (``loss.name``: Dice, Dice + cross-entropy
+    or Dice + focal, MONAI's), times ``loss.weight``."""
+    cls = {"dice": DiceLoss, "dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}[config.loss.name]
+    loss = cls(to_onehot_y=True, softmax=True, include_background=config.loss.include_background, reduction=config.loss.reduction)
+    weight = config.loss.weight
+    return loss if weight == 1.0 else (lambda outputs, targets: weight * loss(outputs, targets))
+
+
+def model_from_config(config: Config, grid) -> torch.nn.Module:
+    """The run's network; a refinement network takes 2 channels (defective skull, coarse implant probability)."""
+    m = config.model
+    try:
+        return build_model(
+            m.name, in_channels=2 if config.stage == "refine" else 1, channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=m.norm,
+            act=m.act, dropout=m.dropout, latent_size=m.latent_size, spatial_size=grid,
+        )
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def method_label(config) -> str:
+    """How a run is named in tables: baseline, FAM with its lambda, or SAM with its rho."""
+    if config.method == "fam":
+        return f"FAM, lambda = {config.fam.lam:g}"
+    if config.method == "sam":
+        return f"SAM, rho = {config.sam.rho:g}"
+    return "baseline"
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+    """The trained model (eval mode), its config and training grid.
+
+    ``checkpoint`` is ``best``, ``last``, ``epoch_NNNN`` or a path; ``best`` falls back to ``last`` when a run
+    never validated.
+    """
+    run = Path(run)
+    config = load_config(run / "config.yaml")
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else run / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path, map_location=device)
+    grid = tuple(state["grid"])
+    model = model_from_config(config, grid)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, grid, path
+
+
