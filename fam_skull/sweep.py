@@ -5,7 +5,10 @@ reuse finished predictions and per-case metrics.
 Config: a ``sweep`` section (below) and a ``run`` section, a training config shared by every run. The arms are
 either listed (``arms``: a name and the config keys it sets, e.g. ``{name: "implant target", set:
 {model.target: implant}}``) or, when ``arms`` is empty, the paper's: baseline, FAM at each of ``lams``
-and optionally SAM. ``train.seed`` and ``output`` are set per run.
+and optionally SAM. ``train.seed`` and ``output`` are set per run. With a ``refine`` mapping (config keys of
+the refinement run, e.g. ``{refine.patch: [48, 48, 48], train.epochs: 20}``), every arm's run is followed by
+a refinement run on top of it (``stage: refine``; the arm's own keys, FAM included, act on the coarse stage),
+and the table shows each arm twice: its coarse stage and "+ refinement".
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ PAPER_LAMBDAS = [0.0006, 0.002, 0.02, 0.1, 0.7]
 class SweepConfig:
     output: str = "runs/sweep"
     arms: list[dict] = field(default_factory=list)  # [{name: ..., set: {dotted.key: value}}]; empty: the paper's arms
+    refine: dict = field(default_factory=dict)  # non-empty: each run is followed by a refinement run with these keys set
     lams: list[float] = field(default_factory=lambda: list(PAPER_LAMBDAS))
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline: bool = True
@@ -62,7 +66,13 @@ def load_sweep(path: str | Path | None = None, overrides=(), values: dict | None
         raise ConfigError(f"sweep.lams: every lambda must be >= 0, got {sweep.lams}")
     for arm in _arms(sweep):  # fail early on a bad run section or arm
         load_config(base=apply(merged["run"], arm[2]))
+    if sweep.refine:
+        load_config(base=apply(merged["run"], _refine_settings(sweep, "coarse_run")))
     return sweep, merged["run"]
+
+
+def _refine_settings(sweep: SweepConfig, coarse_run: str) -> dict:
+    return {"method": "baseline", **sweep.refine, "stage": "refine", "refine.coarse_run": coarse_run}
 
 
 def _arms(sweep: SweepConfig) -> list[tuple[str, str | None, dict]]:
@@ -92,6 +102,11 @@ def _runs(sweep: SweepConfig, run: dict) -> list[tuple[str, str, int, Config]]:
             folder = f"{name}_s{seed}"
             cfg = load_config(base=apply(run, {**settings, "train.seed": seed, "output": str(Path(sweep.output) / "runs" / folder)}))
             out.append((folder, label or method_label(cfg), seed, cfg))
+            if sweep.refine:
+                refined = _refine_settings(sweep, cfg.output)
+                folder = f"{name}_refined_s{seed}"
+                cfg = load_config(base=apply(run, {**refined, "train.seed": seed, "output": str(Path(sweep.output) / "runs" / folder)}))
+                out.append((folder, f"{out[-1][1]} + refinement", seed, cfg))
     return out
 
 
