@@ -221,6 +221,7 @@ def _flatness_parser(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="prepared manifest")
     p.add_argument("--roles", type=_names, default=("train",), help="manifest roles measured (default train)")
     p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per case")
+    p.add_argument("--objective", choices=["kappa", "fisher"], default="kappa", help="kappa (Hessian) or fisher (Gauss-Newton)")
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--seed", type=int, default=0)
@@ -232,8 +233,9 @@ def _run_flatness(args) -> int:
     from fam_skull.measure import measure_flatness
 
     r = measure_flatness(args.run, args.data, roles=args.roles, probes=args.probes, max_cases=args.max_cases,
-                         checkpoint=args.checkpoint, seed=args.seed, output=args.output, quiet=args.quiet)
-    print(f"{r.method}: kappa({r.layer}) = {r.kappa:.6g}, 95% CI [{r.ci95[0]:.6g}, {r.ci95[1]:.6g}] over {len(r.per_case)} cases")
+                         checkpoint=args.checkpoint, seed=args.seed, output=args.output, quiet=args.quiet,
+                         objective=args.objective)
+    print(f"{r.method}: {'kappa' if r.objective == 'kappa' else 'kappa_F'}({r.layer}) = {r.kappa:.6g}, 95% CI [{r.ci95[0]:.6g}, {r.ci95[1]:.6g}] over {len(r.per_case)} cases")
     return 0
 
 

@@ -76,6 +76,7 @@ class OptimConfig:
 class FAMConfig:
     lam: float = 0.002
     layer: str = "bottleneck"
+    objective: str = "kappa"  # kappa | fisher (Gauss-Newton, >= 0) | published (the authors' ||W|| Tr(H)) | l2 (control)
     estimator: str = "hutchinson"  # hutchinson | exact
     probes: int = 1
     every: int = 1
@@ -143,6 +144,7 @@ CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("none", "poly", "cosine"),
     "fam.estimator": ("hutchinson", "exact"),
+    "fam.objective": ("kappa", "fisher", "published", "l2"),
 }
 POSITIVE = ("data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
 PROBABILITIES = ("augment.fresh_defect", "augment.flip", "augment.affine")

@@ -21,6 +21,9 @@ from torch import nn
 from fam_skull.norms import decomposed_norms
 
 Estimator = Literal["exact", "hutchinson"]
+Objective = Literal["kappa", "fisher", "published", "l2"]
+OBJECTIVES = ("kappa", "fisher", "published", "l2")
+PUBLISHED_TOLERANCE, PUBLISHED_MAX_PROBES = 1e-4, 200
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _WEIGHT_LAYERS = (nn.Linear, *_CONV, *_CONV_T)
@@ -143,6 +146,57 @@ def _hvp(grad_w: torch.Tensor, weight: torch.Tensor, v: torch.Tensor) -> torch.T
     return hv
 
 
+def _directions(ref: LayerRef, estimator: Estimator, probes: int, generator: torch.Generator | None):
+    """The probe directions V (shaped like the weight, built from the live W so they stay in the graph).
+
+    ``"exact"``: the min(d, m) * m directions (column j of L placed in column t), whose quadratic forms sum to
+    the measure. ``"hutchinson"``: ``probes`` draws V = L G (L L^T = W W^T, G Gaussian, when d < m) or V = W Z
+    (Z Rademacher), each quadratic form unbiased for the measure.
+    """
+    weight = ref.weight
+    matrix = weight_matrix(weight, ref.transposed)
+    factor = _factor(matrix)
+    m = matrix.shape[1]
+    if estimator == "exact":
+        eye = torch.eye(m, dtype=matrix.dtype, device=matrix.device)
+        for j in range(factor.shape[1]):
+            for t in range(m):
+                yield _matrix_to_weight(factor[:, j : j + 1] * eye[t], weight, ref.transposed)
+        return
+    for _ in range(probes):
+        g = _random((factor.shape[1], m), matrix, generator, rademacher=factor is matrix)
+        yield _matrix_to_weight(factor @ g, weight, ref.transposed)
+
+
+def _gauss_newton_form(outputs: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, jt_u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """v^T F v for F = mean over batch and voxels of J^T (diag(p) - p p^T) J, J = d logits / d W.
+
+    J v comes from the double-vjp trick: ``jt_u`` = J^T u is linear in the dummy u, so its vjp with v is J v.
+    Softmax over channel dim 1; one channel: the sigmoid's p (1 - p).
+    """
+    (jv,) = torch.autograd.grad(jt_u, u, grad_outputs=v, retain_graph=True, create_graph=True)
+    if outputs.shape[1] == 1:
+        p = torch.sigmoid(outputs)
+        return (p * (1 - p) * jv * jv).mean()
+    p = torch.softmax(outputs, dim=1)
+    return ((p * jv * jv).sum(1) - (p * jv).sum(1) ** 2).mean()
+
+
+def _published(loss: torch.Tensor, weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The FAM authors' skull regularizer: ||W||_F * T, T a Rademacher Hutchinson estimate of Tr(H) of the layer
+    (probes until the running mean changes by less than 1e-4 relative, at most 200), rebuilt as a constant."""
+    (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
+    total, mean = 0.0, None
+    for n in range(1, PUBLISHED_MAX_PROBES + 1):
+        z = _random(tuple(weight.shape), weight, generator, rademacher=True)
+        (hz,) = torch.autograd.grad(grad_w, weight, grad_outputs=z, retain_graph=True)
+        total += float((hz * z).sum())
+        previous, mean = mean, total / n
+        if previous is not None and abs(mean - previous) < PUBLISHED_TOLERANCE * abs(previous):
+            break
+    return weight.norm() * torch.tensor(mean, dtype=weight.dtype, device=weight.device)
+
+
 def flatness_of_loss(
     loss: torch.Tensor,
     ref: LayerRef,
@@ -150,41 +204,48 @@ def flatness_of_loss(
     estimator: Estimator = "hutchinson",
     probes: int = 1,
     generator: torch.Generator | None = None,
+    objective: Objective = "kappa",
+    outputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """kappa of ``ref``'s weight for an already computed ``loss`` (its graph is kept for ``loss.backward()``).
+    """The ``objective`` of ``ref``'s weight for an already computed ``loss`` (its graph is kept for
+    ``loss.backward()``).
 
-    ``"exact"`` sums min(d, m) * m Hessian-vector products (small layers, tests). ``"hutchinson"`` averages
-    ``probes`` samples vec(V)^T H vec(V) with V = L G (L L^T = W W^T, G Gaussian, when d < m) or V = W Z
-    (Z Rademacher): E[V V^T-blocks] reproduces <w_s, w_s'> per column, so each sample is unbiased, and V is
-    built from the live W so the gradient of the estimate is unbiased for the gradient of kappa.
+    Objectives:
+        ``kappa``: relative flatness sum_{s,s'} <w_s, w_s'> Tr(H_{s,s'}) of the task loss's Hessian (third-order
+        gradient). ``fisher``: the same with H replaced by the Gauss-Newton matrix of the mean voxel-wise
+        cross-entropy of the output distribution (>= 0, rescaling invariant, second-order gradient; needs
+        ``outputs``, the logits). ``published``: the authors' ||W||_F * Tr(H) estimate, whose gradient is
+        T * W / ||W||_F (not rescaling invariant). ``l2``: ||W||_F^2, a weight decay on the layer alone.
+
+    ``"exact"`` sums the quadratic forms of min(d, m) * m directions (small layers, tests); ``"hutchinson"``
+    averages ``probes`` unbiased samples whose gradient is unbiased too (see :func:`_directions`).
 
     Note that normalization layers between the weight and the loss must be primitive-op ones
-    (:mod:`fam_skull.norms`) for the gradient to be right; :func:`relative_flatness` and
+    (:mod:`fam_skull.norms`) for the gradient of ``kappa`` to be right; :func:`relative_flatness` and
     :class:`~fam_skull.regularizer.FAMRegularizer` see to that.
     """
     if estimator not in ("exact", "hutchinson"):
         raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
     weight = ref.weight
-    (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
-    matrix = weight_matrix(weight, ref.transposed)
-    factor = _factor(matrix)
-    m = matrix.shape[1]
-    samples = []
-    if estimator == "exact":
-        eye = torch.eye(m, dtype=matrix.dtype, device=matrix.device)
-        for j in range(factor.shape[1]):
-            for t in range(m):
-                v = _matrix_to_weight(factor[:, j : j + 1] * eye[t], weight, ref.transposed)
-                samples.append((_hvp(grad_w, weight, v) * v).sum())
-        return torch.stack(samples).sum()
-    for _ in range(probes):
-        rademacher = factor is matrix
-        g = _random((factor.shape[1], m), matrix, generator, rademacher)
-        v = _matrix_to_weight(factor @ g, weight, ref.transposed)
-        samples.append((_hvp(grad_w, weight, v) * v).sum())
-    return torch.stack(samples).mean()
+    if objective == "l2":
+        return (weight * weight).sum()
+    if objective == "published":
+        return _published(loss, weight, generator)
+    if objective == "fisher":
+        if outputs is None:
+            raise ValueError("objective 'fisher' needs the network's outputs (logits)")
+        u = torch.zeros_like(outputs, requires_grad=True)
+        (jt_u,) = torch.autograd.grad(outputs, weight, grad_outputs=u, create_graph=True)
+        samples = [_gauss_newton_form(outputs, weight, u, jt_u, v) for v in _directions(ref, estimator, probes, generator)]
+    else:
+        (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
+        samples = [(_hvp(grad_w, weight, v) * v).sum() for v in _directions(ref, estimator, probes, generator)]
+    samples = torch.stack(samples)
+    return samples.sum() if estimator == "exact" else samples.mean()
 
 
 def relative_flatness(
@@ -197,8 +258,10 @@ def relative_flatness(
     estimator: Estimator = "hutchinson",
     probes: int = 1,
     generator: torch.Generator | None = None,
+    objective: Objective = "kappa",
 ) -> torch.Tensor:
-    """kappa_Tr of ``layer`` on this batch, a scalar differentiable with respect to every model parameter.
+    """kappa_Tr (or another ``objective``, see :func:`flatness_of_loss`) of ``layer`` on this batch, a scalar
+    differentiable with respect to every model parameter.
 
     Args:
         model: the network; ``loss_fn(model(inputs), targets)`` is the task loss E.
@@ -206,11 +269,13 @@ def relative_flatness(
         estimator: ``"exact"`` or the unbiased ``"hutchinson"`` estimator.
         probes: number of Hutchinson probes averaged.
         generator: random source for the probes.
+        objective: ``kappa`` (default), ``fisher``, ``published`` or ``l2``.
 
     Fused normalization layers are computed through primitive-op twins during this call so that the
     third-order gradient is exact; the model's classes are restored afterwards.
     """
     ref = resolve_layer(model, layer)
     with decomposed_norms(unwrap(model)):
-        loss = loss_fn(model(inputs), targets)
-    return flatness_of_loss(loss, ref, estimator=estimator, probes=probes, generator=generator)
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets)
+    return flatness_of_loss(loss, ref, estimator=estimator, probes=probes, generator=generator, objective=objective, outputs=outputs)

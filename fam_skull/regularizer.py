@@ -1,4 +1,4 @@
-"""FAMRegularizer: the FAM objective E + lambda * kappa bound to a model, for any training loop."""
+"""FAMRegularizer: the FAM objective E + lambda * kappa (or another objective) bound to a model, for any training loop."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fam_skull.flatness import Estimator, flatness_of_loss, resolve_layer, unwrap
+from fam_skull.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
 from fam_skull.norms import decompose_norms
 
 
@@ -26,7 +26,7 @@ class FAMOutput:
 
 
 class FAMRegularizer:
-    """Adds ``lam * kappa`` of one layer to the task loss.
+    """Adds ``lam * kappa`` of one layer to the task loss (or ``lam`` times another ``objective``).
 
     Args:
         model: the network (a DistributedDataParallel wrapper is fine: forward through it, and the
@@ -41,6 +41,9 @@ class FAMRegularizer:
         warmup_steps: steps of plain training before FAM switches on.
         seed: seed of the probe generator; the same seed on every DDP rank keeps probes identical, so
             the averaged gradient equals the single-process one on the global batch.
+        objective: ``kappa`` (relative flatness of the task loss's Hessian), ``fisher`` (of the Gauss-Newton
+            matrix: >= 0, second order), ``published`` (the authors' ||W||_F * Tr(H)) or ``l2`` (||W||_F^2);
+            see :func:`~fam_skull.flatness.flatness_of_loss`.
 
     The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place and for good, for
     primitive-op twins with the same parameters and state_dict (:mod:`fam_skull.norms`): the fused kernels'
@@ -59,7 +62,10 @@ class FAMRegularizer:
         scale_lambda: bool = True,
         warmup_steps: int = 0,
         seed: int = 0,
+        objective: Objective = "kappa",
     ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         if every < 1 or probes < 1 or warmup_steps < 0:
@@ -68,6 +74,7 @@ class FAMRegularizer:
         self.ref = resolve_layer(model, layer)
         self.lam = lam
         self.estimator = estimator
+        self.objective = objective
         self.probes = probes
         self.every = every
         self.scale_lambda = scale_lambda
@@ -87,15 +94,15 @@ class FAMRegularizer:
         """The lambda applied on an active step."""
         return self.lam * self.every if self.scale_lambda else self.lam
 
-    def regularize(self, task_loss: torch.Tensor) -> FAMOutput:
-        """The FAM loss for a task loss computed by a forward through ``model``; advances the step count."""
+    def regularize(self, task_loss: torch.Tensor, outputs: torch.Tensor | None = None) -> FAMOutput:
+        """The FAM loss for a task loss computed by a forward through ``model`` (whose ``outputs``, the logits,
+        the ``fisher`` objective needs); advances the step count."""
         active = self.active
         self.step += 1
         if not active:
             return FAMOutput(task_loss, task_loss, None)
-        kappa = flatness_of_loss(
-            task_loss, self.ref, estimator=self.estimator, probes=self.probes, generator=self.generator
-        )
+        kappa = flatness_of_loss(task_loss, self.ref, estimator=self.estimator, probes=self.probes, generator=self.generator,
+                                 objective=self.objective, outputs=outputs)
         return FAMOutput(task_loss + self.step_lambda * kappa, task_loss, kappa)
 
     def __call__(
@@ -103,7 +110,7 @@ class FAMRegularizer:
     ) -> FAMOutput:
         """Forward ``inputs``, compute ``loss_fn(outputs, targets)`` and regularize it."""
         outputs = self.model(inputs)
-        out = self.regularize(loss_fn(outputs, targets))
+        out = self.regularize(loss_fn(outputs, targets), outputs)
         out.outputs = outputs
         return out
 

@@ -37,7 +37,10 @@ def model_from_config(config: Config, grid) -> torch.nn.Module:
 def method_label(config) -> str:
     """How a run is named in tables: baseline, FAM with its lambda, or SAM with its rho."""
     if config.method == "fam":
-        return f"FAM, lambda = {config.fam.lam:g}"
+        if config.fam.objective == "l2":
+            return f"L2 on the FAM layer, lambda = {config.fam.lam:g}"
+        kind = "" if config.fam.objective == "kappa" else f" ({config.fam.objective})"
+        return f"FAM{kind}, lambda = {config.fam.lam:g}"
     if config.method == "sam":
         return f"SAM, rho = {config.sam.rho:g}"
     return "baseline"

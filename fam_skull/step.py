@@ -83,9 +83,10 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         fam_active = self.regularizer is not None and self.method == "fam" and self.regularizer.active
         with self._autocast(fam_active):
-            task_loss = self.loss_fn(self.model(inputs), targets)
+            outputs = self.model(inputs)
+            task_loss = self.loss_fn(outputs, targets)
         if self.method == "fam":
-            out = self.regularizer.regularize(task_loss)
+            out = self.regularizer.regularize(task_loss, outputs)
             loss, kappa = out.loss, out.kappa
         else:
             loss, kappa = task_loss, None

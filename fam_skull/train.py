@@ -173,7 +173,8 @@ def _plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
         return [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for key, label, alpha in (("task_loss", "task loss", 1.0), ("loss", "total loss (with regularizer)", 0.6)):
+    lines = [("task_loss", "task loss", 1.0)] + ([("loss", "total loss (with FAM)", 0.6)] if series("kappa") else [])
+    for key, label, alpha in lines:
         if series(key):
             axes[0].plot(*zip(*series(key)), label=label, alpha=alpha)
     axes[0].set(title="training loss", ylabel="loss")
@@ -188,15 +189,15 @@ def _plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
         if series(key):
             axes[2].plot(*zip(*series(key)), marker="o", color=color, label=label)
     axes[2].set(title="validation DSC (best.pt: highest implant DSC)", ylabel="DSC", ylim=(0, 1.02))
-    if series("val_implant_dsc"):
-        axes[2].legend(loc="lower right")
     if series("val_implant_hd95"):
         axes[3].plot(*zip(*series("val_implant_hd95")), marker="o", color="tab:purple")
     axes[3].set(title="validation implant HD95", ylabel="HD95 (mm)")
     for ax in axes:
         ax.set_xlabel("epoch")
-        if best_epoch and ax in (axes[2], axes[3]):
-            ax.axvline(best_epoch, color="black", linestyle=":", linewidth=1)
+    if best_epoch:
+        for ax in axes[2:]:
+            ax.axvline(best_epoch, color="black", linestyle=":", linewidth=1, label=f"best.pt (epoch {best_epoch})")
+        axes[2].legend(loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -270,7 +271,8 @@ class Trainer:
         if cfg.method == "fam":
             f = cfg.fam
             self.regularizer = FAMRegularizer(net, f.layer, f.lam, estimator=f.estimator, probes=f.probes, every=f.every,
-                                              scale_lambda=f.scale_lambda, warmup_steps=f.warmup_steps, seed=cfg.train.seed)
+                                              scale_lambda=f.scale_lambda, warmup_steps=f.warmup_steps, seed=cfg.train.seed,
+                                              objective=f.objective)
         self.stepper = Stepper(net, build_loss(cfg), self.optimizer, cfg.method, regularizer=self.regularizer,
                                sam_rho=cfg.sam.rho, amp=cfg.train.amp and self.device.type == "cuda")
         self.start_epoch, self.best, self.best_epoch, self.history = 1, -1.0, 0, []
