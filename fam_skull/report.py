@@ -13,6 +13,7 @@ from data_prep.io import atomic_write_bytes, atomic_write_text, read_image, to_a
 from data_prep.manifest import Manifest
 
 COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
+QUALITY = (("dsc", "DSC"), ("bdsc", "boundary DSC"), ("hd95", "HD95"))  # what AutoImplant 2021 scored
 SET_NAMES = {"eval1": "set 1", "eval2": "set 2"}
 
 
@@ -26,22 +27,24 @@ def _cell(values: list[float | None], metric: str) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant") -> tuple[str, str]:
-    """The paper's layout: one row per method; per set DSC, DSC (100), HD, HD (100), HD95, HD95 (100).
+def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant", columns=COLUMNS, subsets: bool = True) -> tuple[str, str]:
+    """The paper's layout: one row per method; per set DSC, DSC (100), HD, HD (100), HD95, HD95 (100)
+    (other ``columns``, and without the (100) columns when ``subsets`` is false, for other tables).
 
     ``runs`` maps a method label to the summaries of its runs (one per seed): a cell is the mean over runs
     of the per-run means, +- the standard deviation over runs when there are several.
     """
+    scopes = ("all", "subset") if subsets else ("all",)
     header = ["method"]
     for s in sets:
-        for _, name in COLUMNS:
-            header += [f"{SET_NAMES.get(s, s)}: {name}", f"{SET_NAMES.get(s, s)}: {name} (100)"]
+        for _, name in columns:
+            header += [f"{SET_NAMES.get(s, s)}: {name}" + (" (100)" if scope == "subset" else "") for scope in scopes]
     rows = []
     for label, summaries in runs.items():
         row = [label if len(summaries) == 1 else f"{label} ({len(summaries)} seeds)"]
         for s in sets:
-            for metric, _ in COLUMNS:
-                for scope in ("all", "subset"):
+            for metric, _ in columns:
+                for scope in scopes:
                     vals = [summ["sets"][s][target].get(metric, {}).get(scope, {}).get("mean") for summ in summaries]
                     row.append(_cell(vals, metric))
         rows.append(row)
@@ -52,11 +55,13 @@ def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant") -> t
         failed = {label: sum(summ["sets"][s]["failed"] for summ in summaries) for label, summaries in runs.items()}
         sub = first["subset"]
         notes.append(
-            f"- {SET_NAMES.get(s, s)} ({s}): {first['cases']} cases; the (100) columns use "
-            + (f"all {sub['size']} cases (fewer than 100)" if sub["all_cases"] else f"the {sub['rule']}")
+            f"- {SET_NAMES.get(s, s)} ({s}): {first['cases']} cases"
+            + (("; the (100) columns use " + (f"all {sub['size']} cases (fewer than 100)" if sub["all_cases"] else f"the {sub['rule']}"))
+               if subsets else "")
             + "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items())
         )
-    md_text = "\n".join(md) + "\n\n" + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions).\n" + "\n".join(notes) + "\n"
+    md_text = "\n".join(md) + "\n\n" + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions)" + (
+        "; boundary DSC: within 10 mm of the defective skull" if any(m == "bdsc" for m, _ in columns) else "") + ".\n" + "\n".join(notes) + "\n"
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -154,11 +159,15 @@ def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, 
         md, text = paper_table(runs, sets, target)
         atomic_write_text(output / f"{name}.md", md)
         atomic_write_text(output / f"{name}.csv", text)
+    md, text = paper_table(runs, sets, "implant", QUALITY, subsets=False)
+    atomic_write_text(output / "table_quality.md", md)
+    atomic_write_text(output / "table_quality.csv", text)
     atomic_write_text(output / "per_case.csv", per_case_csv(summaries))
     box_plots(summaries, sets, output / "boxplots.png")
     for label, summary in summaries.items():
         overlays(summary, manifest, output / f"overlays_{slug(label)}.png")
-    lines = ["# Evaluation", "", "## Implants", "", (output / "table.md").read_text(), "## Completed skulls", "",
+    lines = ["# Evaluation", "", "## Implants", "", (output / "table.md").read_text(), "## Implant quality", "",
+             (output / "table_quality.md").read_text(), "## Completed skulls", "",
              (output / "table_complete.md").read_text(), "## Distributions", "", "![box plots](boxplots.png)", ""]
     for label in summaries:
         lines += [f"### {label}", "", f"![overlays](overlays_{slug(label)}.png)", ""]

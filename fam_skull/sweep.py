@@ -27,7 +27,8 @@ from fam_skull.config import Config, ConfigError, apply, build_section, load_con
 from fam_skull.evaluate import EvaluateOptions, evaluate, slug
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.runs import method_label
-from fam_skull.report import paper_table
+from fam_skull.study import StudyRun, write_study
+from fam_skull.report import QUALITY, paper_table
 from fam_skull.train import train
 
 log = logging.getLogger("fam_skull.sweep")
@@ -39,6 +40,8 @@ class SweepConfig:
     output: str = "runs/sweep"
     arms: list[dict] = field(default_factory=list)  # [{name: ..., set: {dotted.key: value}}]; empty: the paper's arms
     refine: dict = field(default_factory=dict)  # non-empty: each run is followed by a refinement run with these keys set
+    study: bool = False  # also compare every arm with the first (paired over seeds and cases; fam_skull.study)
+    study_flatness_cases: int = 20  # cases per evaluation set for the study's kappa and kappa_F
     lams: list[float] = field(default_factory=lambda: list(PAPER_LAMBDAS))
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline: bool = True
@@ -134,9 +137,11 @@ def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult
     """Train, predict and evaluate every run; write ``<output>/report`` with the seed-averaged table."""
     out = Path(config.output)
     manifest = Manifest.load(load_config(base={**run, "method": "baseline"}).data.manifest)
-    labels, folders = {}, {}
+    labels, folders, coarse = {}, {}, []
     for name, label, seed, cfg in _runs(config, run):
         run_dir = Path(cfg.output)
+        if cfg.stage == "coarse":
+            coarse.append(name)
         _train_or_resume(cfg, run_dir, quiet)
         predict(PredictOptions(run=run_dir, output=run_dir / "predictions", manifest=manifest.path, roles=tuple(config.sets),
                                checkpoint=config.checkpoint, min_component_mm3=config.min_component_mm3, quiet=quiet))
@@ -150,6 +155,7 @@ def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult
     for name, (label, _) in labels.items():
         grouped.setdefault(label, []).append(result.summaries[names[name]])
     md, text = paper_table(grouped, config.sets, "implant")
+    quality, _ = paper_table(grouped, config.sets, "implant", QUALITY, subsets=False)
     atomic_write_text(out / "report" / "sweep_table.md", md)
     atomic_write_text(out / "report" / "sweep_table.csv", text)
     curves = []
@@ -161,7 +167,10 @@ def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult
     report = out / "report" / "report.md"
     head = ["# fam-skull sweep", "", f"Runs: {len(names)}; seeds: {config.seeds}.", ""]
     if multi_seed:  # with one seed the evaluation's own table below is this table
-        head += ["## Paper table (implants, mean ± std over seeds)", "", md]
+        head += ["## Paper table (implants, mean ± std over seeds)", "", md, "## Implant quality (mean ± std over seeds)", "", quality]
+    if config.study:
+        runs = [StudyRun(labels[n][0], labels[n][1], out / "runs" / n, result.summaries[names[n]]) for n in coarse]
+        head += [write_study(runs, runs[0].arm, manifest.path, config.sets, out / "report", flatness_cases=config.study_flatness_cases), ""]
     head += ["## Training curves", "", *curves]
     atomic_write_text(report, "\n".join(head) + "\n" + report.read_text())
     return SweepResult(out, md, {names[n]: str(out / "runs" / n) for n in names})
