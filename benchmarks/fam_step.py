@@ -1,4 +1,4 @@
-"""FAM step cost next to the baseline, SAM, and a re-implementation of the authors' regularizer.
+"""FAM step cost (each objective) next to the baseline and SAM.
 
 MONAI UNet channels (8,16,32,64), strides (2,2,2), 2 residual units, batch 2 x 1x64x64x32, Dice loss, CPU.
 Each variant runs in a forked child, so its peak memory is its own: the peak over building the model, a
@@ -20,7 +20,6 @@ from _isolated import isolated
 from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
-from fam_skull.flatness import resolve_layer, weight_matrix
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.step import Stepper
 
@@ -38,47 +37,13 @@ def _model():
     return UNet(3, 1, 2, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=2)
 
 
-class AuthorsStyle:
-    """The authors' skull regularizer as published: ||W||_F times a Hutchinson trace of the layer's Hessian
-    (Rademacher probes, up to 200, stopping when the running mean changes by < 1e-3 relative), the trace
-    wrapped as a constant so only the norm carries a gradient. Kept here only as the cost reference."""
-
-    def __init__(self, model, loss_fn, optimizer, max_iter=200, tol=1e-3):
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.weight = resolve_layer(model, "bottleneck").weight
-        self.max_iter, self.tol = max_iter, tol
-        self.probes: list[int] = []
-
-    def __call__(self, x, y):
-        self.optimizer.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
-        (g,) = torch.autograd.grad(loss, self.weight, create_graph=True)
-        traces, trace = [], 0.0
-        for _ in range(self.max_iter):
-            v = torch.randint_like(self.weight, 2) * 2 - 1
-            (hv,) = torch.autograd.grad(g, self.weight, v, retain_graph=True)
-            traces.append((hv * v).sum().item())
-            mean = sum(traces) / len(traces)
-            if abs(mean - trace) / (abs(trace) + 1e-6) < self.tol:
-                break
-            trace = mean
-        self.probes.append(len(traces))
-        reg = torch.linalg.matrix_norm(weight_matrix(self.weight)) * torch.tensor(mean)
-        (loss + LAM * reg).backward()
-        self.optimizer.step()
-
-
 def _stepper(variant: str):
     model = _model()
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
-    if variant == "authors":
-        return AuthorsStyle(model, loss_fn, opt)
-    if variant == "authors/200":
-        return AuthorsStyle(model, loss_fn, opt, tol=0.0)
     if variant.startswith("fam"):
-        every = int(variant.split("/")[1])
-        reg = FAMRegularizer(model, lam=LAM, every=every)
+        objective, every = variant.split(":")[1].split("/")
+        reg = FAMRegularizer(model, lam=LAM, every=int(every), objective=objective)
         return Stepper(model, loss_fn, opt, "fam", regularizer=reg)
     return Stepper(model, loss_fn, opt, variant, sam_rho=0.05)
 
@@ -91,8 +56,7 @@ def _run(variant: str, steps: int, threads: int):
     start = time.perf_counter()
     for _ in range(steps):
         step(x, y)
-    probes = getattr(step, "probes", [])
-    return (time.perf_counter() - start) / steps, sum(probes) / max(len(probes), 1)
+    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -103,32 +67,29 @@ def main() -> None:
     args = parser.parse_args()
     rows = [
         ("baseline", "baseline", args.steps),
-        ("FAM, 1 probe, every step", "fam/1", args.steps),
-        ("FAM, every 5 steps", "fam/5", args.steps),
-        ("FAM, every 10 steps", "fam/10", args.steps),
+        ("FAM kappa, 1 probe, every step", "fam:kappa/1", args.steps),
+        ("FAM kappa, every 5 steps", "fam:kappa/5", args.steps),
+        ("FAM kappa, every 10 steps", "fam:kappa/10", args.steps),
+        ("FAM fisher, 1 probe, every step", "fam:fisher/1", args.steps),
+        ("FAM fisher, every 5 steps", "fam:fisher/5", args.steps),
+        ("published ||W||_F * Tr(H), every step (probes until the mean settles, <= 200)", "fam:published/1", max(2, args.steps // 10)),
+        ("published, every 5 steps", "fam:published/5", args.steps),
+        ("L2 on the bottleneck (control)", "fam:l2/1", args.steps),
         ("SAM, rho 0.05", "sam", args.steps),
-        ("authors-style ||W||_F * Tr(H), their stopping rule", "authors", max(2, args.steps // 10)),
-        ("authors-style, all 200 probes", "authors/200", 1),
     ]
     results = {}
-    for round_no in range(args.repeats):
+    for _ in range(args.repeats):
         for label, variant, steps in rows:
-            if variant == "authors/200" and round_no:
-                continue  # ~20 s a step: one round is enough to show the scale
-            _, peak, (seconds, probes) = isolated(_run, variant, steps, args.threads)
-            old = results.get(label, (float("inf"), 0.0, probes))
-            results[label] = (min(old[0], seconds), max(old[1], peak), probes)
-    base_t, base_m, _ = results["baseline"]
+            _, peak, seconds = isolated(_run, variant, steps, args.threads)
+            old = results.get(label, (float("inf"), 0.0))
+            results[label] = (min(old[0], seconds), max(old[1], peak))
+    base_t, base_m = results["baseline"]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps per row, fastest of {args.repeats} rounds")
     print("| variant | s/step | time x baseline | peak step MiB | memory x baseline |")
     print("|---|---|---|---|---|")
     for label, _, _ in rows:
-        t, m, _ = results[label]
+        t, m = results[label]
         print(f"| {label} | {t:.3f} | {t / base_t:.2f}x | {m:.0f} | {m / base_m:.2f}x |")
-    fam_t = results["FAM, 1 probe, every step"][0]
-    for label, _, _ in rows[-2:]:
-        t, _, probes = results[label]
-        print(f"{label} / FAM every step: {t / fam_t:.1f}x ({probes:.0f} probes/step)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from data_prep.defects import DEFECT_TYPES
+from fam_skull.regularizer import DEFAULT_LAMBDA
 
 
 class ConfigError(ValueError):
@@ -74,7 +75,7 @@ class OptimConfig:
 
 @dataclass
 class FAMConfig:
-    lam: float = 0.002
+    lam: float = DEFAULT_LAMBDA
     layer: str = "bottleneck"
     objective: str = "kappa"  # kappa | fisher (Gauss-Newton, >= 0) | published (the authors' ||W|| Tr(H)) | l2 (control)
     estimator: str = "hutchinson"  # hutchinson | exact

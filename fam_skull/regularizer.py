@@ -11,6 +11,10 @@ from torch import nn
 from fam_skull.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
 from fam_skull.norms import decompose_norms
 
+# The one default lambda (config, this class, README): with the default Dice + cross-entropy (mean) loss,
+# lambda * ||grad kappa|| was 0.03-0.1 x ||grad loss|| at a trained demo U-Net's bottleneck.
+DEFAULT_LAMBDA = 0.003
+
 
 @dataclass
 class FAMOutput:
@@ -54,7 +58,7 @@ class FAMRegularizer:
         self,
         model: nn.Module,
         layer: str = "bottleneck",
-        lam: float = 1e-3,
+        lam: float = DEFAULT_LAMBDA,
         *,
         estimator: Estimator = "hutchinson",
         probes: int = 1,
