@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from data_prep.io import atomic_write_text
+from data_prep.sources import check_id
 
 FORMAT = "fam-skull-manifest/1"
 ROLES = ("train", "val", "eval1", "eval2")
@@ -45,6 +46,11 @@ class Manifest:
             raise ManifestError(f"{path}: not valid JSON ({e}); rerun 'fam-skull prepare'") from None
         if data.get("format") != FORMAT:
             raise ManifestError(f"{path}: not a fam-skull manifest (format {data.get('format')!r})")
+        for case in data.get("cases", []):
+            try:  # ids become output file names in predict and evaluate: none may leave their folders
+                check_id(str(case.get("id")))
+            except ValueError as e:
+                raise ManifestError(f"{path}: {e}; fix the manifest or prepare the dataset again") from None
         return cls(path, data)
 
     def save(self) -> None:

@@ -45,6 +45,8 @@ def measure_flatness(run: str | Path, data: str | Path, *, roles=("train",), pro
     if objective not in ("kappa", "fisher"):
         raise ValueError(f"objective: kappa or fisher (the flatness measures), got {objective!r}")
     model, config, _, _ = load_run(run, checkpoint)
+    if config.stage != "coarse":
+        raise ValueError(f"{run}: a refinement run; measure the flatness of its coarse run ({config.refine.coarse_run})")
     manifest = Manifest.load(data)
     entries = [e for role in roles for e in items(manifest, role)][: max_cases or None]
     if not entries:

@@ -58,7 +58,8 @@ def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant", colu
             f"- {SET_NAMES.get(s, s)} ({s}): {first['cases']} cases"
             + (("; the (100) columns use " + (f"all {sub['size']} cases (fewer than 100)" if sub["all_cases"] else f"the {sub['rule']}"))
                if subsets else "")
-            + "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items())
+            + ("; no failed cases" if not any(failed.values())
+               else "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items()))
         )
     md_text = "\n".join(md) + "\n\n" + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions)" + (
         "; boundary DSC: within 10 mm of the defective skull" if any(m == "bdsc" for m, _ in columns) else "") + ".\n" + "\n".join(notes) + "\n"

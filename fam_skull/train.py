@@ -29,6 +29,7 @@ from data_prep.defects import DEFECT_TYPES
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.prepare import DEFAULT_DEFECTS
+from fam_skull import refine
 from fam_skull.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
@@ -37,7 +38,6 @@ from fam_skull.metrics import compute_metrics, dice
 from fam_skull.models import implant_mask
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.report import save_figure
-from fam_skull import refine
 from fam_skull.runs import build_loss, load_run, model_from_config
 from fam_skull.step import Stepper
 from fam_skull.transforms import EpochSeededDataset, training_augmentation
