@@ -142,10 +142,15 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
         ax.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower")
         if pred[:, :, z].any():
             ax.contour(pred[:, :, z].T.astype(float), levels=[0.5], colors="red", linewidths=1)
-        ax.set_title(f"{name}: {r['case']} (DSC {r['implant']['dsc']:.3f})", fontsize=9)
+        ax.set_title(f"{name}: {r['case']} (DSC {r['implant']['dsc']:.3f}), axial slice {z}", fontsize=9)
         ax.axis("off")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=(0.6, 0.6, 0.6), label="defective skull"), Patch(color=(0.1, 0.8, 0.2), label="reference implant"),
+                        Line2D([], [], color="red", label="predicted implant (outline)")], loc="lower center", ncol=3, frameon=False)
     fig.suptitle(summary["method"])
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, path)
 
 
