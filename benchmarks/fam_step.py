@@ -1,10 +1,11 @@
 """FAM step cost (each objective) next to the baseline and SAM.
 
-MONAI UNet channels (8,16,32,64), strides (2,2,2), 2 residual units, batch 2 x 1x64x64x32, Dice loss, CPU.
-Each variant runs in a forked child, so its peak memory is its own: the peak over building the model, a
-warm-up step and the timed steps.
+MONAI UNet channels (8,16,32,64), strides (2,2,2), 2 residual units, batch 2 x 1 x SHAPE (default 64x64x32),
+Dice loss, on the CPU or a CUDA device. Each variant runs in a forked child, so its peak memory is its own: on
+the CPU the peak resident memory over building the model, a warm-up step and the timed steps; on CUDA the peak
+memory PyTorch allocated on the device.
 
-    python benchmarks/fam_step.py [--steps 20] [--repeats 3] [--threads 2]
+    python benchmarks/fam_step.py [--steps 20] [--repeats 3] [--threads 2] [--device cuda] [--shape 128,128,64] [--batch 2]
 
 Variants run in turn, ``--repeats`` rounds; a row reports its fastest round (timings of separate processes on
 a shared 2-core machine vary by +-20%; the minimum is the least disturbed) and its largest peak memory.
@@ -26,10 +27,10 @@ from fam_skull.step import Stepper
 LAM = 1e-3
 
 
-def _data():
+def _data(shape, batch, device):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 1, 64, 64, 32, generator=g)
-    return x, (x > 0.5).float()
+    x = torch.randn(batch, 1, *shape, generator=g)
+    return x.to(device), (x > 0.5).float().to(device)
 
 
 def _model():
@@ -37,8 +38,8 @@ def _model():
     return UNet(3, 1, 2, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=2)
 
 
-def _stepper(variant: str):
-    model = _model()
+def _stepper(variant: str, device):
+    model = _model().to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
     if variant.startswith("fam"):
@@ -48,15 +49,22 @@ def _stepper(variant: str):
     return Stepper(model, loss_fn, opt, variant, sam_rho=0.05)
 
 
-def _run(variant: str, steps: int, threads: int):
+def _run(variant: str, steps: int, threads: int, device: str, shape, batch: int):
     torch.set_num_threads(threads)
-    x, y = _data()
-    step = _stepper(variant)
+    cuda = device.startswith("cuda")
+    x, y = _data(shape, batch, device)
+    step = _stepper(variant, device)
     step(x, y)  # warm-up: allocator and kernels
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step(x, y)
-    return (time.perf_counter() - start) / steps
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return seconds, torch.cuda.max_memory_allocated() / 2**20 if cuda else None
 
 
 def main() -> None:
@@ -64,7 +72,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (a multiple of 10)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all variants; the fastest is reported")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--shape", default="64,64,32", help="input volume x,y,z")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma list of variants to run (e.g. baseline,fam:kappa/1,fam:fisher/1)")
     args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
     rows = [
         ("baseline", "baseline", args.steps),
         ("FAM kappa, 1 probe, every step", "fam:kappa/1", args.steps),
@@ -77,14 +90,19 @@ def main() -> None:
         ("L2 on the bottleneck (control)", "fam:l2/1", args.steps),
         ("SAM, rho 0.05", "sam", args.steps),
     ]
+    if args.only:
+        rows = [r for r in rows if r[1] in args.only.split(",")]
     results = {}
     for _ in range(args.repeats):
         for label, variant, steps in rows:
-            _, peak, seconds = isolated(_run, variant, steps, args.threads)
+            _, rss, (seconds, device_peak) = isolated(_run, variant, steps, args.threads, args.device, shape, args.batch)
+            peak = rss if device_peak is None else device_peak
             old = results.get(label, (float("inf"), 0.0))
             results[label] = (min(old[0], seconds), max(old[1], peak))
     base_t, base_m = results["baseline"]
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps per row, fastest of {args.repeats} rounds")
+    where = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    print(f"torch {torch.__version__}, {where}, {args.threads} threads, batch {args.batch} x {args.shape}, {args.steps} timed steps per row, "
+          f"fastest of {args.repeats} rounds")
     print("| variant | s/step | time x baseline | peak step MiB | memory x baseline |")
     print("|---|---|---|---|---|")
     for label, _, _ in rows:
