@@ -137,3 +137,12 @@ def compute_metrics(pred, gt, spacing=None, *, defective=None, empty: str = "dia
     if defective is not None:
         out["bdsc"] = boundary_dice(pred, gt, defective, spacing, boundary_mm)
     return out
+
+
+def implant_scores(implant, truth, defective, spacing=None) -> dict:
+    """What training validates on, for one case: implant DSC and HD95 (mm; a miss scores the diagonal) and the
+    DSC of the completed skull (defective + predicted implant against defective + true implant)."""
+    implant, truth, defective = _as_mask(implant, "implant"), _as_mask(truth, "reference"), _as_mask(defective, "defective")
+    scores = compute_metrics(implant, truth, spacing)
+    return {"implant_dsc": scores["dsc"], "implant_hd95": scores["hd95"], "skull_dsc": dice(implant | defective, truth | defective)}
+

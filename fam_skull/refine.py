@@ -22,7 +22,7 @@ from tqdm import tqdm
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.preprocess import Layout
-from fam_skull.metrics import compute_metrics, dice
+from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
 
 
@@ -125,7 +125,5 @@ def validate_refined(model: torch.nn.Module, cases: list[dict], patch, margin_mm
     rows = []
     for c in cases:
         implant = refine_implant(model, c["defective"], c["probability"], c["spacing"], patch, margin_mm, device)
-        scores = compute_metrics(implant, c["implant"], c["spacing"])
-        rows.append((scores["dsc"], scores["hd95"], dice(implant | c["defective"], c["implant"] | c["defective"])))
-    implant_dsc, implant_hd95, skull_dsc = np.mean(rows, axis=0)
-    return {"val_implant_dsc": float(implant_dsc), "val_implant_hd95": float(implant_hd95), "val_skull_dsc": float(skull_dsc)}
+        rows.append(implant_scores(implant, c["implant"], c["defective"], c["spacing"]))
+    return {f"val_{key}": float(np.mean([r[key] for r in rows])) for key in rows[0]}

@@ -34,7 +34,7 @@ from fam_skull.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
 from fam_skull.flatness import resolve_layer
-from fam_skull.metrics import compute_metrics, dice
+from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
 from fam_skull.regularizer import FAMRegularizer
 from fam_skull.report import save_figure
@@ -144,12 +144,8 @@ def validate(model: torch.nn.Module, val_ds, device) -> dict:
     for item in val_ds:
         defective = item["image"][None].to(device)
         implant = implant_mask(model(defective), defective)[0, 0].cpu().numpy()
-        truth = item["implant"][0].numpy() > 0.5
-        scores = compute_metrics(implant, truth, item["spacing"].numpy())
-        skull = dice(implant | (item["image"][0].numpy() > 0.5), item["complete"][0].numpy() > 0.5)
-        rows.append((scores["dsc"], scores["hd95"], skull))
-    implant_dsc, implant_hd95, skull_dsc = np.mean(rows, axis=0)
-    return {"val_implant_dsc": float(implant_dsc), "val_implant_hd95": float(implant_hd95), "val_skull_dsc": float(skull_dsc)}
+        rows.append(implant_scores(implant, item["implant"][0].numpy() > 0.5, item["image"][0].numpy() > 0.5, item["spacing"].numpy()))
+    return {f"val_{key}": float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
 def augmentation_kinds(config: Config, manifest: Manifest) -> list[str]:
