@@ -129,7 +129,7 @@ def _forest(rows: list[dict], sets, path: Path) -> None:
             ax.set_yticks(ys, arms)
             ax.set_title(f"{SET_NAMES.get(s, s)} ({s}): {name}")
             ax.set_xlabel(f"arm minus reference ({'higher' if higher else 'lower'} is better)", fontsize=9)
-    fig.suptitle("Paired difference to the reference arm: mean over seeds, 95% interval")
+    fig.suptitle("Paired difference to the reference arm: mean over seeds, 95% interval (green: mean better, red: mean worse)")
     fig.tight_layout()
     save_figure(fig, path)
 
