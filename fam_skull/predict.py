@@ -29,7 +29,7 @@ from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout, binarize, largest_component
 from data_prep.sources import safe_id, stem
 from fam_skull.models import implant_mask
-from fam_skull.refine import coarse_probability, refine_implant
+from fam_skull.refine import refine_implant, scan_probability
 from fam_skull.runs import load_run, method_label
 
 log = logging.getLogger("fam_skull.predict")
@@ -162,7 +162,7 @@ def predict(opts: PredictOptions) -> PredictResult:
     refiner, checkpoints = None, [ckpt]
     if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
         refiner = model if stage == "refined" else None
-        model, coarse_config, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, device)
+        model, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, device)
         checkpoints = [coarse_ckpt] + ([ckpt] if refiner is not None else [])
     if opts.roi_size is not None and config.model.name == "linear_ae":
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
@@ -195,7 +195,7 @@ def predict(opts: PredictOptions) -> PredictResult:
                 # instead leaves slivers along the whole skull surface
                 added = to_array(layout.from_grid(implant_on_grid(model, defective_grid, device, opts.roi_size))) != 0
             else:
-                probability = layout.canonical_from_grid(coarse_probability(model, defective_grid, device)) * ~canonical
+                probability = scan_probability(model, defective_grid, layout, canonical, device)
                 refined = refine_implant(refiner, canonical, probability, layout.canonical.spacing, config.refine.patch,
                                          config.refine.margin_mm, device)
                 added = to_array(layout.to_original(refined)) != 0

@@ -48,6 +48,12 @@ def coarse_probability(model: torch.nn.Module, defective_grid: np.ndarray, devic
     return (p * (x[0, 0] < 0.5)).cpu().numpy()
 
 
+def scan_probability(model: torch.nn.Module, defective_grid: np.ndarray, layout: Layout, defective: np.ndarray, device) -> np.ndarray:
+    """The coarse implant probability resampled to the canonical array at the scan's resolution, zero on
+    ``defective`` (the canonical defective skull)."""
+    return (layout.canonical_from_grid(coarse_probability(model, defective_grid, device)) * ~defective).astype(np.float32)
+
+
 @torch.no_grad()
 def refine_implant(model: torch.nn.Module, defective: np.ndarray, probability: np.ndarray, spacing, patch, margin_mm: float,
                    device, box: tuple[slice, ...] | None = None) -> np.ndarray:
@@ -83,8 +89,7 @@ def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device) -
     defective = layout.canonical_array(read_image(manifest.file(case, "original", "defective"))) != 0
     implant = layout.canonical_array(read_image(manifest.file(case, "original", "implant"))) != 0
     grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
-    probability = layout.canonical_from_grid(coarse_probability(coarse, grid, device)) * ~defective
-    return {"id": case["id"], "defective": defective, "implant": implant, "probability": probability.astype(np.float32),
+    return {"id": case["id"], "defective": defective, "implant": implant, "probability": scan_probability(coarse, grid, layout, defective, device),
             "spacing": np.asarray(layout.canonical.spacing)}
 
 
