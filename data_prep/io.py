@@ -5,8 +5,13 @@ Arrays are indexed (x, y, z) like nibabel and MONAI; geometry is ITK's (LPS phys
 
 from __future__ import annotations
 
+import errno
+import gzip
+import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +71,33 @@ def _read_nibabel(path: Path) -> sitk.Image:
     return image
 
 
+def _nifti_problem(path: Path) -> str | None:
+    """Why a NIfTI file's voxels cannot be trusted, or None. SimpleITK fills a cut-off file with zeros and reads
+    NaN as 0 without a word; the header says how many bytes the voxels take, and nibabel keeps NaN."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        dtype = img.header.get_data_dtype()
+        expected = int(img.header["vox_offset"]) + int(np.prod(img.shape)) * dtype.itemsize
+        if path.name.endswith(".gz"):
+            with open(path, "rb") as f:  # a gzip member ends with the uncompressed size mod 2**32
+                f.seek(-4, os.SEEK_END)
+                whole = int.from_bytes(f.read(4), "little") == expected % 2**32
+        else:
+            whole = path.stat().st_size >= expected
+        if whole and dtype.kind != "f":
+            return None
+        data = np.asarray(img.dataobj)  # decodes every byte: EOFError for a truncated stream
+    except (EOFError, OSError, ValueError, gzip.BadGzipFile) as e:
+        return f"truncated or corrupt ({type(e).__name__}: {e})"
+    if not whole and not path.name.endswith(".gz"):
+        return f"truncated ({path.stat().st_size} bytes, the header needs {expected})"
+    if dtype.kind == "f" and np.isnan(data).any():
+        return f"{int(np.isnan(data).sum())} NaN voxel(s)"
+    return None
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D scalar volume.
 
@@ -83,6 +115,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         except Exception as nib_error:  # nibabel raises many types for bad files; report both readers
             reason = str(itk_error).strip().splitlines()[-1] if str(itk_error).strip() else "unreadable"
             raise VolumeError(f"{path}: cannot read it ({reason}; nibabel: {nib_error}); re-export it as NIfTI or NRRD") from None
+    if path.name.endswith((".nii", ".nii.gz")):
+        problem = _nifti_problem(path)
+        if problem:
+            raise VolumeError(f"{path}: {problem}; re-export or copy the file again")
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise VolumeError(
             f"{path}: expected a 3D scalar volume, got size {image.GetSize()} with "
@@ -104,33 +140,67 @@ def from_array(array: np.ndarray, geometry: Geometry | None = None) -> sitk.Imag
     return geometry.apply(image) if geometry is not None else image
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write atomically (temporary file in the same folder, then rename)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide outputs from collaborators
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path next to ``path``; when the block ends without error it replaces ``path`` (readers see
+    the old or the new file, never a partial one) with the permissions the umask gives a new file.
+
+    Raises:
+        OSError: the folder is not writable or the disk is full; the message names ``path`` and the old file
+            is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"{e.strerror or e}; the previous version is unchanged", str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write atomically (:func:`atomic_path`)."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    with atomic_path(path, suffix) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as e:  # ITK reports a full disk or a failed write as RuntimeError
+            raise OSError(errno.EIO, str(e).strip().splitlines()[-1], str(path)) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    """Write a file atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file's content.
+
+    Raises:
+        ValueError: unreadable or not valid JSON; the message names the file.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

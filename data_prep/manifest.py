@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_prep.io import atomic_write_text
+from data_prep.io import atomic_write_text, read_json
 from data_prep.sources import check_id
 
 FORMAT = "fam-skull-manifest/1"
@@ -41,17 +41,36 @@ class Manifest:
         if not path.is_file():
             raise ManifestError(f"{path}: manifest not found; run 'fam-skull prepare' first")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}: not valid JSON ({e}); rerun 'fam-skull prepare'") from None
-        if data.get("format") != FORMAT:
-            raise ManifestError(f"{path}: not a fam-skull manifest (format {data.get('format')!r})")
-        for case in data.get("cases", []):
+            data = read_json(path)
+        except ValueError as e:
+            raise ManifestError(f"{e}; rerun 'fam-skull prepare'") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ManifestError(f"{path}: not a fam-skull manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+        cases = data.get("cases")
+        if not isinstance(cases, list) or not all(isinstance(c, dict) and "id" in c and c.get("role") in ROLES for c in cases):
+            raise ManifestError(f"{path}: 'cases' must be a list of records with an id and a role ({', '.join(ROLES)}); "
+                                "rerun 'fam-skull prepare'")
+        seen = set()
+        for case in cases:
             try:  # ids become output file names in predict and evaluate: none may leave their folders
-                check_id(str(case.get("id")))
+                check_id(str(case["id"]))
             except ValueError as e:
                 raise ManifestError(f"{path}: {e}; fix the manifest or prepare the dataset again") from None
+            if case["id"] in seen:
+                raise ManifestError(f"{path}: case id {case['id']!r} appears twice; fix the manifest or prepare the dataset again")
+            seen.add(case["id"])
         return cls(path, data)
+
+    def missing(self, roles: tuple[str, ...], space: str = "grid") -> list[str]:
+        """Volumes of the cases in ``roles`` that the manifest names in ``space`` but that are not on disk (or
+        not named at all)."""
+        out = []
+        for case in self.role(*roles):
+            for kind in KINDS:
+                rel = (case.get(space) or {}).get(kind)
+                if rel is None or not (self.root / rel).is_file():
+                    out.append(f"case {case['id']} {space} {kind}" + (f" ({self.root / rel})" if rel else ""))
+        return out
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=1))

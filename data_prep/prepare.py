@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -14,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
-from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, write_image
+from data_prep.folder import claim
+from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, read_json, write_image
 from data_prep.manifest import FORMAT, KINDS, ROLES, Manifest
 from data_prep.phantom import synthetic_skull
 from data_prep.preprocess import Layout, binarize, largest_component
@@ -24,6 +26,7 @@ log = logging.getLogger("fam_skull.prepare")
 
 DEFAULT_DEFECTS = ("sphere", "cube", "bilateral", "frontoorbital", "parietotemporal")
 DEFAULT_SHIFT = ("random", "facial")
+BYTES_PER_VOXEL = 24  # peak memory per grid voxel while a case is prepared (masks and float32 resize buffers)
 
 
 @dataclass
@@ -89,6 +92,21 @@ class PrepareOptions:
             self.shift_defects = ("random_1", "random_2") if self.source == "skullbreak" else DEFAULT_SHIFT
         if not 0 <= self.val_fraction < 1 or not 0 <= self.eval_fraction < 1:
             raise ValueError("val_fraction and eval_fraction must lie in [0, 1)")
+        for name in ("grid", "synthetic_shape"):
+            shape = getattr(self, name)
+            if shape is not None and (len(shape) != 3 or min(shape) < 2):
+                raise ValueError(f"{name}: three sizes x,y,z of at least 2 voxels, got {','.join(map(str, shape)) or 'nothing'}")
+        largest = max(np.prod(self.grid, dtype=float), np.prod(self.synthetic_shape or self.grid, dtype=float))
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if largest * BYTES_PER_VOXEL > memory:
+            raise ValueError(f"grid: {largest:.3g} voxels need about {largest * BYTES_PER_VOXEL / 2**30:.0f} GiB per case, "
+                             f"this machine has {memory / 2**30:.0f} GiB; choose a smaller grid")
+        if self.source == "synthetic" and self.synthetic < 1:
+            raise ValueError(f"synthetic: the number of skulls must be >= 1, got {self.synthetic}")
+        if self.axial_slices is not None and self.axial_slices < 2:
+            raise ValueError(f"axial_slices: must be >= 2, got {self.axial_slices}")
+        if self.workers < 1:
+            raise ValueError(f"workers: must be >= 1, got {self.workers}")
 
 
 @dataclass
@@ -201,6 +219,15 @@ def load_complete(case: SourceCase, opts: PrepareOptions) -> tuple[Layout, np.nd
     return layout, complete, {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
 
 
+def grid_partition(layout: Layout, defective: np.ndarray, implant: np.ndarray) -> dict[str, np.ndarray]:
+    """Defective, complete and implant on the grid, with defective + implant = complete exactly and disjoint
+    (resizing each on its own leaves rim voxels in neither or in both). The defective skull is the network's
+    input, so it is resized as it is; the implant loses what the defective skull already holds."""
+    grid_defective = layout.to_grid(defective)
+    grid_implant = layout.to_grid(implant) & ~grid_defective
+    return {"defective": grid_defective, "complete": grid_defective | grid_implant, "implant": grid_implant}
+
+
 def process_case(case: SourceCase, opts: PrepareOptions, loaded: tuple | None = None) -> dict:
     """Prepare one case and write its volumes and record; returns the record.
 
@@ -226,9 +253,9 @@ def process_case(case: SourceCase, opts: PrepareOptions, loaded: tuple | None = 
     volumes = {"defective": defective, "complete": complete, "implant": implant}
     grid_geometry = layout.grid_geometry()
     record["grid"] = {}
-    for kind, mask in volumes.items():
+    for kind, mask in grid_partition(layout, defective, implant).items():
         rel = f"grid/{case.case_id}_{kind}.nii.gz"
-        write_image(from_array(layout.to_grid(mask), grid_geometry), opts.output / rel)
+        write_image(from_array(mask, grid_geometry), opts.output / rel)
         record["grid"][kind] = rel
     if case.role in ("eval1", "eval2") or opts.refine_data:
         record["original"] = {}
@@ -247,8 +274,11 @@ def _finished(case: SourceCase, opts: PrepareOptions) -> dict | None:
     path = opts.output / "cases" / f"{case.case_id}.json"
     if opts.force or not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    files = [*record.get("grid", {}).values(), *record.get("original", {}).values()]
+    try:
+        record = read_json(path)
+        files = [*record.get("grid", {}).values(), *record.get("original", {}).values()]
+    except (ValueError, AttributeError):  # a damaged record: the case is prepared again
+        return None
     same = (record.get("role"), record.get("defect"), record.get("seed"), record.get("settings")) == (
         case.role, case.defect, case.seed, _settings(opts))
     return record if same and all((opts.output / f).is_file() for f in files) else None
@@ -292,7 +322,15 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
 
     Inputs that cannot be used are reported one line each (file and reason), recorded under ``skipped``
     in the manifest, and every other case is still prepared.
+
+    Raises:
+        FolderError: the output folder is a file, not writable, or in use by another process.
     """
+    with claim(opts.output, "prepare"):
+        return _prepare(opts)
+
+
+def _prepare(opts: PrepareOptions) -> PrepareResult:
     start = time.perf_counter()
     found, skipped = discover(opts.source, opts.path, opts.synthetic, opts.seed)
     cases, excluded = assign_roles(found, opts)

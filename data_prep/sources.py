@@ -173,4 +173,19 @@ def discover(source: str, path: str | Path | None = None, count: int = 0, seed: 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
-    return finders[source](path)
+    return _unique(*finders[source](path))
+
+
+def _unique(cases: list[SourceCase], skips: list[Skip]) -> tuple[list[SourceCase], list[Skip]]:
+    """The first case of every id; later ones are skipped with both sources named (two cases with one id would
+    write the same files, the last silently winning)."""
+    first: dict[str, SourceCase] = {}
+    for case in cases:
+        if case.case_id not in first:
+            first[case.case_id] = case
+            continue
+        source = case.defective or case.complete
+        skips.append(Skip(str(source), f"its case id {case.case_id!r} is already taken by "
+                                       f"{first[case.case_id].defective or first[case.case_id].complete}; rename one of them "
+                                       "(or give the CSV an 'id' column)"))
+    return list(first.values()), skips

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from data_prep.io import atomic_path
 
 
 class CheckpointError(RuntimeError):
@@ -14,19 +15,19 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename): a kill leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    """Write ``state`` to ``path`` atomically and flushed to disk: a kill or a full disk leaves the old file.
+
+    Raises:
+        CheckpointError: it cannot be written (full disk, no permission); the message names the file.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path, ".pt") as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        reason = e.strerror if isinstance(e, OSError) else e
+        raise CheckpointError(f"{path}: cannot be written ({reason}); free space or fix permissions, then continue with --resume") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     if text.startswith("@"):
-        text = Path(text[1:]).read_text().replace("\n", ",")
+        try:
+            text = Path(text[1:]).read_text().replace("\n", ",")
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{text[1:]}: cannot read the list ({e.strerror})") from None
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
@@ -29,7 +33,7 @@ def _logging(quiet: bool) -> None:
 def _prepare_parser(sub) -> None:
     from data_prep.prepare import PrepareOptions
 
-    d = PrepareOptions(output=Path("."))
+    d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(PrepareOptions)})
     p = sub.add_parser("prepare", help="preprocess skulls, make defects, write a dataset manifest")
     p.add_argument("output", type=Path, help="dataset folder to write")
     src = p.add_mutually_exclusive_group(required=True)
@@ -177,6 +181,9 @@ def _run_evaluate(args) -> int:
     opts = EvaluateOptions(**{k: v for k, v in vars(args).items() if k in EvaluateOptions.__dataclass_fields__})
     result = evaluate(opts)
     print((result.output / "table.md").read_text())
+    if result.cases and result.failed == result.cases:
+        logging.error("fam-skull evaluate: every case failed (reasons above and in %s); nothing was scored", result.output)
+        return 1
     return 0
 
 
@@ -239,6 +246,24 @@ def _run_flatness(args) -> int:
     return 0
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="a trained coarse run as a MONAI bundle (python -m monai.bundle run)")
+    p.add_argument("run", type=Path, help="training run folder")
+    p.add_argument("output", type=Path, help="bundle folder to write")
+    p.add_argument("--checkpoint", default="best", help="best, last, epoch_NNNN or a .pt path")
+    p.add_argument("--min-component-mm3", type=float, default=100.0, help="implant pieces smaller than this are removed")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_export(args) -> int:
+    from fam_skull.bundle import export_bundle
+
+    out = export_bundle(args.run, args.output, args.checkpoint, args.min_component_mm3)
+    print(f"bundle: {out}\nrun it: python -m monai.bundle run --config_file {out / 'configs' / 'inference.json'} "
+          f"--bundle_root {out} --input_dir DEFECTIVE_SKULLS --output_dir PREDICTIONS")
+    return 0
+
+
 COMMANDS = {
     "prepare": (_prepare_parser, _run_prepare),
     "train": (_train_parser, _run_train),
@@ -247,6 +272,7 @@ COMMANDS = {
     "sweep": (_sweep_parser, _run_sweep),
     "demo": (_demo_parser, _run_demo),
     "flatness": (_flatness_parser, _run_flatness),
+    "export": (_export_parser, _run_export),
 }
 
 
@@ -269,6 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # bad input or configuration: nothing was run
         logging.error("fam-skull %s: %s", args.command, e)
         return 2
-    except (CheckpointError, TrainingError) as e:
+    except (CheckpointError, TrainingError, OSError) as e:  # failed while working (diverged, disk full, no permission)
         logging.error("fam-skull %s: %s", args.command, e)
         return 1

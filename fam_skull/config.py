@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class TrainConfig:
     val_every: int = 1
     save_epochs: list[int] = field(default_factory=lambda: [100])
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
+    max_weight: float = 1e6  # a weight beyond this (in absolute value) means training diverged: the run stops
     threads: int = 0  # CPU threads (0: PyTorch's default)
 
 
@@ -147,7 +149,7 @@ CHOICES = {
     "fam.estimator": ("hutchinson", "exact"),
     "fam.objective": ("kappa", "fisher", "published", "l2"),
 }
-POSITIVE = ("data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
+POSITIVE = ("train.max_weight", "data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
 PROBABILITIES = ("augment.fresh_defect", "augment.flip", "augment.affine")
 NON_NEGATIVE = ("refine.margin_mm", "augment.rotate_deg", "augment.scale", "fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
 
@@ -203,8 +205,20 @@ def _get(config: Config, key: str):
     return obj
 
 
+def _floats(section, prefix: str = ""):
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _floats(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{f.name}", value
+
+
 def validate(config: Config) -> Config:
     """Value checks that types cannot express; raises ConfigError naming the key."""
+    for key, value in _floats(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
     for key, allowed in CHOICES.items():
         if _get(config, key) not in allowed:
             raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {_get(config, key)!r}")

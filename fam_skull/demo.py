@@ -4,6 +4,8 @@ synthetic skulls), a ``sweep`` section and a ``run`` section (as for ``fam-skull
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from pathlib import Path
 
 import yaml
@@ -27,13 +29,15 @@ def demo(config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", over
     for key in ("grid", "synthetic_shape", "defects", "shift_defects"):  # YAML lists -> the options' tuples
         if prep.get(key) is not None:
             prep[key] = tuple(prep[key])
-    try:
-        opts = PrepareOptions(output=output / "data", source="synthetic", quiet=quiet, **prep)
-    except TypeError as e:
-        raise ConfigError(f"prepare: {e}") from None
+    known = [f.name for f in dataclasses.fields(PrepareOptions) if f.name not in ("output", "source", "path", "quiet")]
+    for key in prep:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"unknown key prepare.{key}" + (f" (did you mean prepare.{close[0]}?)" if close else f" (valid: {', '.join(known)})"))
+    opts = PrepareOptions(output=output / "data", source="synthetic", quiet=quiet, **prep)
     result = prepare(opts)
     if not result.ok:
-        raise RuntimeError("the demo could not prepare any case; see the messages above")
+        raise ConfigError(f"the demo could not prepare any case: {result.skipped[0].reason if result.skipped else 'no skulls'}")
     run = merge(values.get("run") or {}, [f"data.manifest={result.manifest}"])
     sweep_cfg, run = load_sweep(values={"sweep": {**(values.get("sweep") or {}), "output": str(output)}, "run": run})
     return sweep(sweep_cfg, run, quiet=quiet)

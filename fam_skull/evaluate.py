@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.io import VolumeError, atomic_write_text, read_image, to_array
+from data_prep.folder import claim
+from data_prep.io import Geometry, VolumeError, atomic_write_text, read_image, read_json, to_array
 from data_prep.manifest import Manifest
-from fam_skull.metrics import compute_metrics
-from fam_skull.predict import INDEX
+from fam_skull.metrics import EMPTY_POLICIES, compute_metrics
+from fam_skull.predict import read_index
 
 log = logging.getLogger("fam_skull.evaluate")
 TARGETS = ("implant", "complete")
@@ -53,32 +54,51 @@ class EvaluateOptions:
     force: bool = False
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        if self.subset < 1:
+            raise ValueError(f"subset: must be >= 1 (the first N case ids), got {self.subset}")
+        if self.workers < 1:
+            raise ValueError(f"workers: must be >= 1, got {self.workers}")
+        if self.empty not in EMPTY_POLICIES:
+            raise ValueError(f"empty: one of {', '.join(EMPTY_POLICIES)}, got {self.empty!r}")
+
 
 def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") or "method"
 
 
-def _methods(predictions: list[str]) -> list[tuple[str, Path]]:
+def _methods(predictions: list[str]) -> list[tuple[str, Path, dict]]:
     out = []
     for item in predictions:
         label, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
         folder = Path(folder)
-        if not (folder / INDEX).is_file():
-            raise FileNotFoundError(f"{folder}: no {INDEX}; run 'fam-skull predict' into this folder first")
-        out.append((label or json.loads((folder / INDEX).read_text())["method"], folder))
-    labels = [label for label, _ in out]
+        index = read_index(folder)
+        out.append((label or index["method"], folder, index))
+    labels = [label for label, _, _ in out]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two prediction folders share a method label ({labels}); name them as label=folder")
     return out
 
 
-def _read_binary(path: Path, what: str) -> tuple[np.ndarray, tuple]:
+def _read_binary(path: Path, what: str) -> tuple[np.ndarray, Geometry]:
     image = read_image(path)
     array = to_array(image)
     values = np.unique(array)
     if not set(values.tolist()) <= {0, 1}:
         raise VolumeError(f"{path}: {what} has non-binary values {values[:6].tolist()}; write 0/1 masks")
-    return array.astype(bool), (tuple(image.GetSize()), tuple(image.GetSpacing()))
+    return array.astype(bool), Geometry.of(image)
+
+
+def _geometry_mismatch(pred: Geometry, ref: Geometry) -> str | None:
+    """How a prediction's grid differs from the reference's, or None (origins within 1% of a voxel)."""
+    if pred.shape != ref.shape or not np.allclose(pred.spacing, ref.spacing, rtol=1e-5):
+        return f"size/spacing {pred.shape} / {pred.spacing} differ from the reference's {ref.shape} / {ref.spacing}"
+    offset = float(np.linalg.norm(np.subtract(pred.origin, ref.origin)))
+    if offset > 0.01 * min(ref.spacing):
+        return f"origin {pred.origin} is {offset:.3g} mm from the reference's {ref.origin}"
+    if not np.allclose(pred.direction, ref.direction, atol=1e-4):
+        return f"direction {pred.direction} differs from the reference's {ref.direction}"
+    return None
 
 
 def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> dict:
@@ -88,29 +108,39 @@ def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> 
         VolumeError: missing or unreadable file, non-binary values, or geometry differing from the reference.
     """
     out = {}
+    absent = [k for k in ("defective", *TARGETS) if k not in gt_files]
+    if absent:
+        raise VolumeError(f"the manifest names no original {', '.join(absent)} volume for this case; prepare it again")
     defective, _ = _read_binary(gt_files["defective"], "the defective skull")
     for target in TARGETS:
         gt, geometry = _read_binary(gt_files[target], f"the reference {target}")
         if target not in pred_files:
             raise VolumeError(f"no predicted {target}; rerun 'fam-skull predict'")
         pred, pred_geometry = _read_binary(pred_files[target], f"the predicted {target}")
-        if pred_geometry[0] != geometry[0] or not np.allclose(pred_geometry[1], geometry[1], rtol=1e-5):
-            raise VolumeError(
-                f"{pred_files[target]}: size/spacing {pred_geometry} differ from the reference's {geometry}; "
-                "predictions must be written in the original geometry"
-            )
-        m = compute_metrics(pred, gt, geometry[1], defective=defective if target == "implant" else None, empty=empty)
+        mismatch = _geometry_mismatch(pred_geometry, geometry)
+        if mismatch:
+            raise VolumeError(f"{pred_files[target]}: {mismatch}; predictions must be written in the original geometry")
+        m = compute_metrics(pred, gt, geometry.spacing, defective=defective if target == "implant" else None, empty=empty)
         out[target] = m
     return out
 
 
-def _stamp(files: dict) -> dict:
-    """Size and modification time of each input, so a cached result is reused only for the same files."""
-    out = {}
-    for name, path in files.items():
-        path = Path(path)
-        out[name] = [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
-    return out
+def _key(pred_files: dict, gt_files: dict, empty: str) -> dict:
+    """What a case's scores depend on: every input file (path, size, modification time) and the empty policy;
+    a cached result is reused only when all of it is unchanged."""
+    def stamp(files):
+        return {name: [str(Path(p).resolve()), *([Path(p).stat().st_size, Path(p).stat().st_mtime_ns] if Path(p).is_file() else [])]
+                for name, p in sorted(files.items())}
+
+    return {"prediction": stamp(pred_files), "reference": stamp(gt_files), "empty": empty}
+
+
+def _cached(path: Path, key: dict) -> dict | None:
+    try:
+        previous = read_json(path)
+    except ValueError:  # a damaged cache entry is recomputed
+        return None
+    return previous if isinstance(previous, dict) and previous.get("key") == key else None
 
 
 def _job(args) -> tuple[str, str, dict]:
@@ -119,7 +149,7 @@ def _job(args) -> tuple[str, str, dict]:
         result = {"case": case_id, "set": role, **evaluate_case(pred_files, gt_files, empty)}
     except (VolumeError, ValueError, OSError) as e:
         result = {"case": case_id, "set": role, "error": str(e)}
-    result["inputs"] = _stamp(pred_files)
+    result["key"] = _key(pred_files, gt_files, empty)
     atomic_write_text(Path(method_dir) / "cases" / f"{case_id}.json", json.dumps(result, indent=1))
     return method_dir, case_id, result
 
@@ -160,32 +190,40 @@ class EvaluateResult:
     output: Path
     summaries: dict = field(default_factory=dict)  # label -> summary dict
     failed: int = 0
+    cases: int = 0
 
 
 def evaluate(opts: EvaluateOptions) -> EvaluateResult:
-    """Evaluate every method on every set and write the reports (see the module docstring)."""
+    """Evaluate every method on every set and write the reports (see the module docstring).
+
+    Raises:
+        FolderError: the output folder is a file, not writable, or in use by another process.
+    """
+    with claim(opts.output, "evaluate"):
+        return _evaluate(opts)
+
+
+def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
     from fam_skull.report import write_reports
 
     manifest = Manifest.load(opts.manifest)
     methods = _methods(opts.predictions)
     output = Path(opts.output)
-    jobs, results = [], {label: [] for label, _ in methods}
+    jobs, results = [], {label: [] for label, _, _ in methods}
     dirs = {}
-    for label, folder in methods:
+    for label, folder, index in methods:
         method_dir = output / slug(label)
         dirs[str(method_dir)] = label
-        index = json.loads((folder / INDEX).read_text())
         for role in opts.sets:
             for case in manifest.role(role):
                 cached = method_dir / "cases" / f"{case['id']}.json"
-                entry = index.get("cases", {}).get(case["id"])
+                entry = index["cases"].get(case["id"])
                 pred_files = {k: folder / v for k, v in entry["files"].items()} if entry else {}
-                if cached.is_file() and not opts.force:
-                    previous = json.loads(cached.read_text())
-                    if entry and previous.get("inputs") == _stamp(pred_files):
-                        results[label].append(previous)
-                        continue
                 gt_files = {k: manifest.root / v for k, v in case.get("original", {}).items()}
+                previous = _cached(cached, _key(pred_files, gt_files, opts.empty)) if entry and not opts.force else None
+                if previous is not None:
+                    results[label].append(previous)
+                    continue
                 if not entry:
                     failure = {"case": case["id"], "set": role, "error": f"{folder}: no prediction for case {case['id']}"}
                     atomic_write_text(cached, json.dumps(failure, indent=1))
@@ -205,8 +243,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
             results[dirs[method_dir]].append(result)
             bar.update()
     bar.close()
-    summaries, failed = {}, 0
-    for label, folder in methods:
+    summaries, failed, total = {}, 0, 0
+    for label, folder, _ in methods:
         method_results = sorted(results[label], key=lambda r: (r["set"], r["case"]))
         for r in method_results:
             if "error" in r:
@@ -219,8 +257,9 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
             "metric_per_case": method_results,
         }
         failed += sum(s["failed"] for s in summary["sets"].values())
+        total += sum(s["cases"] for s in summary["sets"].values())
         atomic_write_text(output / slug(label) / "summary.json", json.dumps(summary, indent=1))
         summaries[label] = summary
     write_reports(summaries, manifest, output, opts.sets)
     log.info("evaluated %d methods on %s; %d failed cases -> %s", len(methods), ", ".join(opts.sets), failed, output)
-    return EvaluateResult(output, summaries, failed)
+    return EvaluateResult(output, summaries, failed, total)

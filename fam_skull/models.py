@@ -54,7 +54,14 @@ def implant_mask(logits: torch.Tensor, defective: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1, keepdim=True) == 1) & ~(defective > 0.5)
 
 
-def build_model(
+NETWORKS = {
+    "unet": "monai.networks.nets.UNet",
+    "autoencoder": "monai.networks.nets.AutoEncoder",
+    "linear_ae": "fam_skull.models.LinearLatentAutoEncoder",
+}
+
+
+def network_spec(
     name: str,
     *,
     in_channels: int = 1,
@@ -67,27 +74,25 @@ def build_model(
     dropout: float = 0.0,
     latent_size: int = 32,
     spatial_size: Sequence[int] = (256, 256, 128),
-) -> nn.Module:
-    """Build ``"unet"``, ``"autoencoder"`` or ``"linear_ae"`` for 3D volumes."""
-    common = dict(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        channels=tuple(channels),
-        strides=tuple(strides),
-        num_res_units=num_res_units,
-        norm=norm,
-        act=act,
-        dropout=dropout,
-    )
-    if name == "unet":
-        if len(strides) != len(channels) - 1:
-            raise ValueError(f"model.strides needs len(channels) - 1 = {len(channels) - 1} entries, got {len(strides)}")
-        return UNet(**common)
-    if len(strides) != len(channels):
-        raise ValueError(f"model.strides needs one entry per channel ({len(channels)}), got {len(strides)}")
-    if name == "autoencoder":
-        return AutoEncoder(**common)
+) -> dict:
+    """A network as a MONAI config component: ``{"_target_": class path, **constructor arguments}`` (what
+    :func:`build_model` builds and what an exported bundle's ``network_def`` holds)."""
+    if name not in NETWORKS:
+        raise ValueError(f"model.name must be 'unet', 'autoencoder' or 'linear_ae', got {name!r}")
+    needed = len(channels) - 1 if name == "unet" else len(channels)
+    if len(strides) != needed:
+        what = "len(channels) - 1" if name == "unet" else "one entry per channel"
+        raise ValueError(f"model.strides needs {what} = {needed} entries, got {len(strides)}")
+    spec = {"_target_": NETWORKS[name], "spatial_dims": 3, "in_channels": in_channels, "out_channels": out_channels,
+            "channels": list(channels), "strides": list(strides), "num_res_units": num_res_units, "norm": norm, "act": act,
+            "dropout": dropout}
     if name == "linear_ae":
-        return LinearLatentAutoEncoder(**common, spatial_size=spatial_size, latent_size=latent_size)
-    raise ValueError(f"model.name must be 'unet', 'autoencoder' or 'linear_ae', got {name!r}")
+        spec |= {"spatial_size": list(spatial_size), "latent_size": latent_size}
+    return spec
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build ``"unet"``, ``"autoencoder"`` or ``"linear_ae"`` for 3D volumes (arguments of :func:`network_spec`)."""
+    spec = network_spec(name, **kwargs)
+    cls = {"unet": UNet, "autoencoder": AutoEncoder, "linear_ae": LinearLatentAutoEncoder}[name]
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "_target_"})

@@ -24,7 +24,8 @@ import yaml
 from scipy import ndimage
 from tqdm import tqdm
 
-from data_prep.io import VolumeError, atomic_write_bytes, atomic_write_text, from_array, read_image, to_array, write_image
+from data_prep.folder import claim
+from data_prep.io import VolumeError, atomic_write_bytes, atomic_write_text, from_array, read_image, read_json, to_array, write_image
 from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout, binarize, largest_component
 from data_prep.sources import safe_id, stem
@@ -35,6 +36,21 @@ from fam_skull.runs import load_run, method_label
 log = logging.getLogger("fam_skull.predict")
 INDEX = "predictions.json"
 STAGES = ("coarse", "refined")
+
+
+def read_index(folder: Path) -> dict:
+    """A predictions folder's index.
+
+    Raises:
+        FileNotFoundError, ValueError: missing, unreadable, or not an index written by ``fam-skull predict``.
+    """
+    path = folder / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {INDEX}; run 'fam-skull predict' into this folder first")
+    index = read_json(path)
+    if not isinstance(index, dict) or not isinstance(index.get("cases"), dict) or not isinstance(index.get("method"), str):
+        raise ValueError(f"{path}: not an index written by 'fam-skull predict' (no 'method' and 'cases'); predict again with --force")
+    return index
 
 
 def clean_implant(implant: np.ndarray, spacing, min_component_mm3: float) -> np.ndarray:
@@ -130,13 +146,48 @@ def _cases(opts: PredictOptions, grid) -> list[dict]:
                 return defective_grid, layout, canonical
             out.append({"id": case["id"], "source": case["id"], "load": load})
     for path in opts.files:
-        def load(path=Path(path)):
-            image = read_image(path)
-            layout = Layout.plan(image, grid)
-            canonical = largest_component(binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path)))
-            return layout.to_grid(canonical), layout, canonical
-        out.append({"id": safe_id(stem(Path(path))), "source": str(path), "load": load})
+        out.append({"id": safe_id(stem(Path(path))), "source": str(path),
+                    "load": lambda path=Path(path): load_file(path, grid, opts.input_kind, opts.threshold)})
     return out
+
+
+def load_file(path: Path, grid, input_kind: str = "auto", threshold: float = 150.0) -> tuple[np.ndarray, Layout, np.ndarray]:
+    """A defective skull file as the network sees it: its grid mask, its Layout and its canonical mask at the
+    scan's resolution (binarized as ``prepare`` does, largest component kept).
+
+    Raises:
+        VolumeError: the file cannot be used (the message names it).
+    """
+    image = read_image(path)
+    layout = Layout.plan(image, grid)
+    canonical = largest_component(binarize(layout.canonical_array(image), input_kind, threshold, str(path)))
+    return layout.to_grid(canonical), layout, canonical
+
+
+def coarse_implant(model, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray, device, roi_size=None,
+                   min_component_mm3: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    """The defective skull and the coarse network's implant, both in the original geometry (x, y, z arrays).
+
+    The implant is separated from the input on the grid (where input and output align exactly) and then
+    resampled; subtracting a resampled completed skull from the original defective one instead leaves slivers
+    along the whole skull surface.
+    """
+    defective = to_array(layout.to_original(canonical)) != 0
+    added = to_array(layout.from_grid(implant_on_grid(model, defective_grid, device, roi_size))) != 0
+    return defective, clean_implant(added & ~defective, layout.original.spacing, min_component_mm3)
+
+
+def write_case(output: Path, case_id: str, defective: np.ndarray, implant: np.ndarray, layout: Layout, stl: bool = False) -> dict:
+    """Write ``<id>_complete.nii.gz``, ``<id>_implant.nii.gz`` (and ``<id>_implant.stl``) in the original
+    geometry; returns their names."""
+    files = {"complete": f"{case_id}_complete.nii.gz", "implant": f"{case_id}_implant.nii.gz"}
+    write_image(from_array((defective | implant).astype(np.uint8), layout.original), output / files["complete"])
+    implant_image = from_array(implant.astype(np.uint8), layout.original)
+    write_image(implant_image, output / files["implant"])
+    if stl and implant.any():
+        files["stl"] = f"{case_id}_implant.stl"
+        write_stl(implant, implant_image, output / files["stl"])
+    return files
 
 
 @torch.no_grad()
@@ -153,7 +204,16 @@ def implant_on_grid(model, defective_grid: np.ndarray, device, roi_size=None) ->
 
 
 def predict(opts: PredictOptions) -> PredictResult:
-    """Predict every case; one case's bad input is recorded in the index and the others go on."""
+    """Predict every case; one case's bad input is recorded in the index and the others go on.
+
+    Raises:
+        FolderError: the output folder is a file, not writable, or in use by another process.
+    """
+    with claim(opts.output, "predict"):
+        return _predict(opts)
+
+
+def _predict(opts: PredictOptions) -> PredictResult:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device)
     model, config, grid, ckpt = load_run(opts.run, opts.checkpoint, device)
     stage = opts.stage or ("refined" if config.stage == "refine" else "coarse")
@@ -168,7 +228,15 @@ def predict(opts: PredictOptions) -> PredictResult:
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
     output = Path(opts.output)
     index_path = output / INDEX
-    index = json.loads(index_path.read_text()) if index_path.is_file() and not opts.force else {}
+    index = {}
+    if index_path.is_file() and not opts.force:
+        try:
+            index = read_json(index_path)
+        except ValueError as e:
+            log.warning("%s; predicting every case again", e)
+        if not isinstance(index, dict) or not isinstance(index.get("cases", {}), dict):
+            log.warning("%s: not an index written by 'fam-skull predict'; predicting every case again", index_path)
+            index = {}
     weights = ";".join(f"{c.resolve()}:{c.stat().st_size}:{c.stat().st_mtime_ns}" for c in checkpoints) + f";{stage}"
     if index.get("weights") != weights:  # a retrained or another checkpoint or stage: earlier predictions are stale
         index["cases"] = {}
@@ -188,26 +256,16 @@ def predict(opts: PredictOptions) -> PredictResult:
             defective_grid, layout, canonical = case["load"]()
             if canonical is None:  # a grid-only case: its scan-resolution skull is the resampled grid one
                 canonical = layout.canonical_from_grid(defective_grid) >= 0.5
-            defective = to_array(layout.to_original(canonical)) != 0
             if refiner is None:
-                # the implant is separated from the input on the grid (where input and output align exactly)
-                # and then resampled; subtracting a resampled completed skull from the original defective one
-                # instead leaves slivers along the whole skull surface
-                added = to_array(layout.from_grid(implant_on_grid(model, defective_grid, device, opts.roi_size))) != 0
+                defective, implant = coarse_implant(model, defective_grid, layout, canonical, device, opts.roi_size, opts.min_component_mm3)
             else:
+                defective = to_array(layout.to_original(canonical)) != 0
                 probability = scan_probability(model, defective_grid, layout, canonical, device)
                 refined = refine_implant(refiner, canonical, probability, layout.canonical.spacing, config.refine.patch,
                                          config.refine.margin_mm, device)
                 added = to_array(layout.to_original(refined)) != 0
-            implant = clean_implant(added & ~defective, layout.original.spacing, opts.min_component_mm3)
-            completed_image = from_array((defective | implant).astype(np.uint8), layout.original)
-            files = {"complete": f"{cid}_complete.nii.gz", "implant": f"{cid}_implant.nii.gz"}
-            write_image(completed_image, output / files["complete"])
-            implant_image = from_array(implant.astype(np.uint8), layout.original)
-            write_image(implant_image, output / files["implant"])
-            if opts.stl and implant.any():
-                files["stl"] = f"{cid}_implant.stl"
-                write_stl(implant, implant_image, output / files["stl"])
+                implant = clean_implant(added & ~defective, layout.original.spacing, opts.min_component_mm3)
+            files = write_case(output, cid, defective, implant, layout, opts.stl)
             done[cid] = {"source": case["source"], "files": files, "implant_voxels": int(implant.sum())}
             predicted += 1
         except (VolumeError, ValueError, RuntimeError) as e:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from data_prep.io import atomic_write_bytes, atomic_write_text, read_image, to_array
 from data_prep.manifest import Manifest
+from fam_skull.predict import read_index
 
 COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
 QUALITY = (("dsc", "DSC"), ("bdsc", "boundary DSC"), ("hd95", "HD95"))  # what AutoImplant 2021 scored
@@ -128,7 +128,7 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
     picks = {"best": ok[-1], "median": ok[len(ok) // 2], "worst": ok[0]}
     cases = {c["id"]: c for c in manifest.cases}
     folder = Path(summary["predictions"])
-    index = json.loads((folder / "predictions.json").read_text())["cases"]
+    index = read_index(folder)["cases"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
     for ax, (name, r) in zip(axes, picks.items()):
         case = cases[r["case"]]

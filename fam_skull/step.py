@@ -18,7 +18,7 @@ METHODS = ("baseline", "fam", "sam")
 
 @dataclass
 class StepResult:
-    """Numbers of one step for logging; ``skipped`` when the loss or regularizer was not finite."""
+    """Numbers of one step for logging; ``skipped`` when the loss, regularizer or a gradient was not finite."""
 
     loss: float
     task_loss: float
@@ -33,6 +33,13 @@ def _all_ranks(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
     return bool(t.item())
+
+
+def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient is finite (a finite loss can still overflow in the backward pass, e.g. a huge
+    lambda, and one such step makes every weight NaN). DDP has averaged the gradients, so all ranks agree."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 class Stepper:
@@ -101,6 +108,9 @@ class Stepper:
             self.sam.restore()
         else:
             self.scaler.scale(loss).backward()
+        if not self.amp and not _finite_gradients(self.optimizer):  # with AMP the scaler skips such steps itself
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepResult(*values, skipped=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return StepResult(*values, skipped=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.folder import claim
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
 from fam_skull.checkpoint import load_checkpoint
@@ -134,7 +135,16 @@ class SweepResult:
 
 
 def sweep(config: SweepConfig, run: dict, *, quiet: bool = False) -> SweepResult:
-    """Train, predict and evaluate every run; write ``<output>/report`` with the seed-averaged table."""
+    """Train, predict and evaluate every run; write ``<output>/report`` with the seed-averaged table.
+
+    Raises:
+        FolderError: the output folder is a file, not writable, or in use by another process.
+    """
+    with claim(config.output, "sweep"):
+        return _sweep(config, run, quiet)
+
+
+def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
     out = Path(config.output)
     manifest = Manifest.load(load_config(base={**run, "method": "baseline"}).data.manifest)
     labels, folders, coarse = {}, {}, []

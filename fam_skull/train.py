@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data_prep.defects import DEFECT_TYPES
+from data_prep.folder import check_folder, claim
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.prepare import DEFAULT_DEFECTS
@@ -128,8 +130,9 @@ def _rank_spread(model: torch.nn.Module, world: int) -> float | None:
     return float(max((g - gathered[0]).abs().max() for g in gathered))
 
 
-def _finite(model: torch.nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in model.parameters())
+def _largest_weight(model: torch.nn.Module) -> float:
+    """The largest absolute weight (inf or nan when any is not finite)."""
+    return float(torch.stack([p.detach().abs().max() for p in model.parameters()]).max())
 
 
 @torch.no_grad()
@@ -206,12 +209,34 @@ def _write_metrics(history: list[dict], path: Path) -> None:
     atomic_write_text(path, out.getvalue())
 
 
+# Keys a resumed run may change; the others shape the model, the data or the optimizer state in the checkpoint.
+RESUMABLE = ("train.epochs", "train.val_every", "train.save_epochs", "train.threads", "train.device", "train.amp",
+             "train.max_nonfinite", "train.max_weight", "data.num_workers", "data.cache", "optim.lr", "optim.weight_decay",
+             "fam.lam", "fam.every", "fam.probes", "sam.rho")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
 def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path | None = None) -> tuple[Config, Path]:
-    """The validated config and run folder of a new or resumed run."""
+    """The validated config and run folder of a new or resumed run.
+
+    Raises:
+        ConfigError: on resume, an override of a key outside :data:`RESUMABLE`.
+    """
     if resume is not None:
         run = Path(resume)
         if not (run / "config.yaml").is_file():
             raise ConfigError(f"--resume {run}: no config.yaml there; is it a fam-skull run folder?")
+        before, after = _flat(load_config(run / "config.yaml").to_dict()), _flat(load_config(run / "config.yaml", overrides).to_dict())
+        fixed = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in after if after[k] != before[k] and k not in RESUMABLE]
+        if fixed:
+            raise ConfigError(f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
+                              f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}")
         return load_config(run / "config.yaml", overrides), run
     if isinstance(config, Config):
         return config, Path(config.output)
@@ -225,13 +250,20 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: Path, *, resume: bool = False, quiet: bool = False) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, run, quiet
+        self.rank, self.world, local_rank, self._owns_group = _distributed()
+        if self.rank == 0:
+            check_folder(run, create=False)
         if not resume and (run / "checkpoints" / "last.pt").is_file():
             raise ConfigError(f"output: {run} already holds a training run; continue it with --resume {run} or set output=ANOTHER_FOLDER")
         try:
             manifest = Manifest.load(cfg.data.manifest)
         except ManifestError as e:
             raise ConfigError(f"data.manifest: {e}") from None
-        self.rank, self.world, local_rank, self._owns_group = _distributed()
+        spaces = ("grid", "original") if cfg.stage == "refine" else ("grid",)
+        missing = [m for space in spaces for m in manifest.missing(("train", "val"), space)]
+        if missing:
+            raise ConfigError(f"data.manifest: {len(missing)} volume(s) it names are missing, e.g. {missing[0]}; "
+                              f"prepare the dataset again into {manifest.root}")
         if cfg.data.batch_size % self.world:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {self.world} processes")
         self.device = _device(cfg, local_rank)
@@ -275,7 +307,14 @@ class Trainer:
         self.nonfinite = 0
         self.resumed = resume
         if resume:
-            self._restore(load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device))
+            try:
+                self._restore(load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device))
+            except CheckpointError:
+                raise
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:  # load_state_dict's messages run to pages
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"{self.ckpt_dir / 'last.pt'}: does not fit this run's config.yaml (missing entry or "
+                                      f"another model: {reason}); resume it with its own config or start a new run") from None
         self._handler = self._writer = None
 
     def _refine_data(self, manifest: Manifest, validating: bool) -> None:
@@ -308,8 +347,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]  # resume may set a new one
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            group["initial_lr"], group["weight_decay"] = base, self.cfg.optim.weight_decay
         self.stepper.scaler.load_state_dict(state["scaler"])
         if self.regularizer is not None and state.get("regularizer"):
             self.regularizer.load_state_dict(state["regularizer"])
@@ -380,6 +421,7 @@ class Trainer:
                 self._non_finite(epoch, steps, result)
                 continue
             self.nonfinite = 0
+            self._check_weights(epoch, steps)
             losses.append(result.loss)
             task_losses.append(result.task_loss)
             if result.kappa is not None:
@@ -408,34 +450,41 @@ class Trainer:
             "rank_spread": _rank_spread(self.model, self.world),
         }
 
+    def _last_good(self) -> str:
+        last = self.ckpt_dir / "last.pt"
+        if last.is_file():
+            return f"the last good checkpoint is {last} (continue from it with --resume {self.run_dir} and a lower value)"
+        return "no checkpoint was written (it diverged in the first epoch)"
+
     def _non_finite(self, epoch: int, step: int, result) -> None:
         self.nonfinite += 1
-        log.warning("epoch %d step %d: non-finite loss %s / kappa %s, step skipped", epoch, step, result.task_loss, result.kappa)
+        log.warning("epoch %d step %d: non-finite loss %s / kappa %s or gradient, step skipped", epoch, step, result.task_loss, result.kappa)
         if self.nonfinite >= self.cfg.train.max_nonfinite:
-            raise TrainingError(
-                f"{self.nonfinite} non-finite steps in a row (epoch {epoch}); lower optim.lr or fam.lam. "
-                f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
-            )
+            raise TrainingError(f"{self.nonfinite} non-finite steps in a row (epoch {epoch}); lower optim.lr or fam.lam; {self._last_good()}")
+
+    def _check_weights(self, epoch: int, step: int) -> None:
+        """Stop before a diverged model is saved: a finite loss does not mean sane weights (a huge learning rate
+        drives them to ~1e30 while the Dice loss stays finite)."""
+        largest = _largest_weight(self.model)
+        if not largest <= self.cfg.train.max_weight:
+            raise TrainingError(f"epoch {epoch} step {step}: a weight reached {largest:.3g} (train.max_weight "
+                                f"{self.cfg.train.max_weight:g}), training diverged; lower optim.lr or fam.lam; {self._last_good()}")
 
     def _end_epoch(self, epoch: int, row: dict) -> None:
         """Rank 0: validate, checkpoint (last, best, listed epochs), metrics, curves, TensorBoard, log line."""
         cfg = self.cfg
-        finite = _finite(self.model)
         is_best = False
         if self.val_ds is not None and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
             row.update(self._validate())
-            if finite and row["val_implant_dsc"] > self.best:
+            if row["val_implant_dsc"] > self.best:
                 self.best, self.best_epoch, is_best = row["val_implant_dsc"], epoch, True
         self.history.append(row)
-        if finite:
-            state = self._state(epoch)
-            save_checkpoint(state, self.ckpt_dir / "last.pt")
-            if is_best:
-                save_checkpoint(state, self.ckpt_dir / "best.pt")
-            if epoch in cfg.train.save_epochs:
-                save_checkpoint(state, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
-        else:
-            log.error("epoch %d: weights are not finite; last.pt and best.pt are left as they were", epoch)
+        state = self._state(epoch)
+        save_checkpoint(state, self.ckpt_dir / "last.pt")
+        if is_best:
+            save_checkpoint(state, self.ckpt_dir / "best.pt")
+        if epoch in cfg.train.save_epochs:
+            save_checkpoint(state, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
         _write_metrics(self.history, self.run_dir / "metrics.csv")
         _plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
         for key in ("kappa", "val_implant_dsc", "val_implant_hd95", "val_skull_dsc", "step_time", "data_wait_share"):
@@ -454,7 +503,15 @@ class Trainer:
                  row["step_time"], 100 * row["data_wait_share"], f", {row['skipped_steps']} skipped" if row["skipped_steps"] else "")
 
     def run(self) -> TrainResult:
-        """Train from the first unfinished epoch to ``train.epochs``."""
+        """Train from the first unfinished epoch to ``train.epochs``.
+
+        Raises:
+            FolderError: another process trains into this run folder.
+        """
+        with claim(self.run_dir, "train") if self.rank == 0 else nullcontext():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         try:
             if self.rank == 0:
                 self._open_logs()

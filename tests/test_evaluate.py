@@ -62,11 +62,12 @@ def test_bad_predictions_are_recorded_and_the_rest_evaluated(tmp_path, manifest,
     img = to_array(read_image(bad / index["cases"][non_binary]["files"]["complete"])).astype(np.uint8) * 2
     write_volume(bad / index["cases"][non_binary]["files"]["complete"], img)
     out = tmp_path / "eval"
-    assert main(["evaluate", str(bad), "--manifest", str(manifest), "--output", str(out), "--quiet"]) == 0
+    # every case failed: the reports are still written, and the exit status says nothing was scored
+    assert main(["evaluate", str(bad), "--manifest", str(manifest), "--output", str(out), "--quiet"]) == 1
     summary = json.loads((out / "baseline" / "summary.json").read_text())
     errors = {r["case"]: r["error"] for r in summary["metric_per_case"] if "error" in r}
     assert "file not found" in errors[missing]
-    assert "size/spacing ((10, 10, 10)" in errors[wrong_shape]
+    assert "size/spacing (10, 10, 10)" in errors[wrong_shape]
     assert "non-binary values [0, 2]" in errors[non_binary]
     assert sum(s["failed"] for s in summary["sets"].values()) == 3
     # per-case results were written as they finished, and a rerun reuses them

@@ -88,15 +88,3 @@ def test_sliding_window_matches_the_grid_shape(tmp_path, manifest, trained_run):
                  "--roles", "eval1", "--quiet"]) == 0
     index = json.loads((out / "predictions.json").read_text())
     assert len(index["cases"]) == len(Manifest.load(manifest).role("eval1")) and not index["failed"]
-
-
-def test_a_manifest_id_that_would_escape_the_output_folder_is_refused(tmp_path, manifest, trained_run, capsys):
-    data = json.loads(manifest.read_text())
-    data["cases"][0]["id"] = "../../ESCAPED"
-    bad = manifest.parent / "escape_manifest.json"
-    bad.write_text(json.dumps(data))
-    out = tmp_path / "a" / "b"
-    assert main(["predict", "--run", str(trained_run), "--manifest", str(bad), "--output", str(out), "--quiet"]) == 2
-    assert "case id '../../ESCAPED' is not a safe file name" in capsys.readouterr().err
-    assert not list(tmp_path.rglob("ESCAPED*"))
-    bad.unlink()

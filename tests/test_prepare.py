@@ -1,19 +1,16 @@
-"""Ingesting dataset trees written in the test, roles, idempotent reruns, and every kind of bad input."""
+"""Ingesting dataset trees written in the test, roles and idempotent reruns (bad input: test_bad_input.py)."""
 
 import logging
 from dataclasses import replace
 
-import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from conftest import write_volume
 
 from data_prep.defects import make_defect
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest
 from data_prep.prepare import PrepareOptions, prepare
-from fam_skull.cli import main
 
 GRID = (24, 24, 12)
 
@@ -95,75 +92,6 @@ def test_generated_defects_and_explicit_sets(tmp_path, skulls):
         assert np.array_equal(vol["implant"], vol["complete"] & ~vol["defective"])
         assert 0.005 <= vol["implant"].sum() / vol["complete"].sum() <= 0.30
         assert read_image(manifest.file(case, "original", "complete")).GetOrigin() == pytest.approx((5.0, -3.0, 2.0))
-
-
-def _bad_inputs(root, skull):
-    mask, spacing = skull
-    good = write_volume(root / "good_complete.nrrd", mask.astype(np.uint8), spacing)
-    defective = mask & ~make_defect(mask, spacing, "sphere", seed=0).region
-    write_volume(root / "good_defective.nrrd", defective.astype(np.uint8), spacing)
-    (root / "garbage.nrrd").write_bytes(b"NRRD0004\nthis is not a volume\n")
-    whole = write_volume(root / "whole.nrrd", defective.astype(np.uint8), spacing)
-    (root / "truncated.nrrd").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    sitk.WriteImage(sitk.GetImageFromArray(np.ones((20, 20), np.uint8)), str(root / "flat.nrrd"))
-    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.uint8), np.eye(4)), str(root / "fourd.nii.gz"))
-    write_volume(root / "empty.nrrd", np.zeros(mask.shape, np.uint8), spacing)
-    nan = defective.astype(np.float32)
-    nan[3, 3, 3] = np.nan
-    write_volume(root / "nan.nrrd", nan, spacing)
-    write_volume(root / "small.nrrd", defective[:-4].astype(np.uint8), spacing)
-    write_volume(root / "shifted.nrrd", defective.astype(np.uint8), spacing, origin=(5.0, 0.0, 0.0))
-    rows = {
-        "ok": "good_defective.nrrd",
-        "garbled": "garbage.nrrd",
-        "cut": "truncated.nrrd",
-        "twod": "flat.nrrd",
-        "fourd": "fourd.nii.gz",
-        "blank": "empty.nrrd",
-        "nans": "nan.nrrd",
-        "mismatch": "small.nrrd",
-        "moved": "shifted.nrrd",
-    }
-    lines = ["id,defective,complete"] + [f"{k},{v},{good.name}" for k, v in rows.items()]
-    lines += ["orphan,good_defective.nrrd,missing_complete.nrrd", "../escape,good_defective.nrrd,good_complete.nrrd"]
-    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
-    return root / "pairs.csv"
-
-
-EXPECTED = {
-    "garbled": r"garbage\.nrrd: cannot read it",
-    "cut": r"truncated\.nrrd: cannot read it",
-    "twod": r"flat\.nrrd: expected a 3D scalar volume, got size \(20, 20\)",
-    "fourd": r"fourd\.nii\.gz: expected a 3D scalar volume, got size \(8, 8, 8, 3\)",
-    "blank": r"empty\.nrrd: the mask is empty",
-    "nans": r"nan\.nrrd: contains NaN voxels",
-    "mismatch": r"small\.nrrd: size \(44, 48, 24\) / spacing .* disagree with its partner's \(48, 48, 24\)",
-    "moved": r"shifted\.nrrd: origin/direction \(5\.0, 0\.0, 0\.0\) / .* differ from its partner's \(0\.0, 0\.0, 0\.0\)",
-    "orphan": r"missing_complete\.nrrd: file not found",
-    "pairs.csv:12": r"case id '\.\./escape' is not a safe file name \(it could escape the output folder\)",
-}
-
-
-def test_bad_inputs_are_reported_and_the_rest_is_prepared(tmp_path, skulls, capsys):
-    import re
-
-    csv = _bad_inputs(tmp_path, skulls[0])
-    code = main(["prepare", str(tmp_path / "out"), "--pairs", str(csv), "--grid", "24,24,12", "--eval-fraction", "0", "--val-fraction", "0", "--quiet"])
-    assert code == 0
-    err = capsys.readouterr().err
-    manifest = Manifest.load(tmp_path / "out")
-    assert [c["id"] for c in manifest.cases] == ["ok"]
-    skipped = {s["file"].split("/")[-1]: s["reason"] for s in manifest.data["skipped"]}
-    assert set(skipped) == set(EXPECTED)
-    for key, pattern in EXPECTED.items():
-        assert re.search(pattern, skipped[key]), (key, skipped[key])
-        assert sum(key in line and "skipped" in line for line in err.splitlines()) == 1
-    assert not any((tmp_path / "out").glob("*escape*")) and not (tmp_path / "escape.json").exists()
-    code = main(["prepare", str(tmp_path / "out"), "--pairs", str(csv), "--grid", "24,24,12", "--quiet", "--strict"])
-    assert code == 1
-    only_bad = tmp_path / "bad.csv"
-    only_bad.write_text("defective,complete\nempty.nrrd,good_complete.nrrd\n")
-    assert main(["prepare", str(tmp_path / "out2"), "--pairs", str(only_bad), "--grid", "24,24,12", "--quiet"]) == 1
 
 
 def test_named_evaluation_skull_that_does_not_exist(tmp_path):
