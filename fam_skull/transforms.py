@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureTyped, MapTransform, RandAffined, RandFlipd, Randomizable, RandomizableTransform
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
@@ -26,7 +27,8 @@ class RandSkullDefectd(RandomizableTransform, MapTransform):
         kinds: defect types to draw from (``data_prep.defects.DEFECT_TYPES``).
         prob: probability of drawing a new defect; otherwise the item keeps the defect it has.
         complete_key, defective_key, implant_key: the masks (channel first, shape (1, X, Y, Z), LPS order).
-        spacing_key: the key holding the voxel spacing in mm (defects are placed in millimetres).
+        spacing_key: the key holding the voxel spacing in mm (defects are placed in millimetres); without it, the
+            spacing comes from the affine of a ``MetaTensor`` complete skull (what ``LoadImaged`` gives).
 
     A skull on which no acceptable defect can be drawn keeps its own defect (never an empty implant).
     Seed it with ``set_random_state`` as any MONAI random transform.
@@ -62,7 +64,12 @@ class RandSkullDefectd(RandomizableTransform, MapTransform):
         out = dict(data)
         complete = torch.as_tensor(out[self.complete_key])
         mask = complete[0].cpu().numpy() > 0.5
-        spacing = np.asarray(out[self.spacing_key], dtype=float).reshape(-1)
+        if self.spacing_key in out:
+            spacing = np.asarray(out[self.spacing_key], dtype=float).reshape(-1)
+        elif isinstance(complete, MetaTensor):
+            spacing = np.linalg.norm(complete.affine.detach().cpu().double().numpy()[:3, :3], axis=0)
+        else:
+            raise KeyError(f"RandSkullDefectd: no {self.spacing_key!r} key and {self.complete_key!r} is not a MetaTensor with an affine")
         try:
             region = make_defect(mask, spacing, self._kind, self._seed).region
         except DefectError:

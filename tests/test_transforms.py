@@ -86,3 +86,22 @@ def test_defect_transform_composes_with_a_cache_dataset(item):
     a, b = ds[0]["implant"], ds[0]["implant"]
     assert not torch.equal(a, b)  # a fresh defect per access
     assert_partition(ds[0])
+
+
+def test_defect_transform_reads_a_nifti_skull_loaded_by_monai(item, tmp_path):
+    from monai.transforms import LoadImaged, Orientationd
+    from conftest import write_volume
+
+    spacing = item["spacing"].tolist()
+    path = write_volume(tmp_path / "skull.nii.gz", item["complete"][0].numpy().astype(np.uint8), spacing)
+    load = Compose([LoadImaged("complete", ensure_channel_first=True), Orientationd("complete", axcodes="LPS")])
+    loaded = load({"complete": str(path)})
+    assert torch.equal(loaded["complete"].as_tensor(), item["complete"])  # LPS array order, as the project's
+    t = RandSkullDefectd(["frontoorbital"])
+    outs = []
+    for data in (loaded, {**item, "complete": item["complete"]}):
+        t.set_random_state(seed=11)
+        outs.append(t(dict(data)))
+    assert torch.equal(outs[0]["implant"].as_tensor(), outs[1]["implant"])  # spacing from the affine = the given one
+    with pytest.raises(KeyError, match="no 'spacing' key"):
+        t({"complete": item["complete"]})
