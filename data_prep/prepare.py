@@ -19,7 +19,7 @@ from data_prep.folder import claim
 from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, read_json, write_image
 from data_prep.manifest import FORMAT, KINDS, ROLES, Manifest
 from data_prep.phantom import synthetic_skull
-from data_prep.preprocess import Layout, binarize, largest_component
+from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
 from data_prep.sources import Skip, SourceCase, discover
 
 log = logging.getLogger("fam_skull.prepare")
@@ -67,7 +67,7 @@ class PrepareOptions:
     axial_slices: int | None = None
     keep_largest: bool = True
     input_kind: str = "auto"
-    threshold: float = 150.0
+    threshold: float = BONE_HU
     defects: tuple[str, ...] = DEFAULT_DEFECTS
     shift_defects: tuple[str, ...] | None = None
     val_fraction: float = 0.1

@@ -15,10 +15,11 @@ from scipy import ndimage
 
 from data_prep.io import Geometry, VolumeError, from_array, to_array
 
+BONE_HU = 150.0  # CT voxels at or above this (Hounsfield units) are bone
 CANONICAL = "LPS"  # DICOM convention: +x to patient Left, +y Posterior, +z Superior; identity direction
 
 
-def binarize(array: np.ndarray, kind: str = "auto", threshold: float = 150.0, name: str = "volume") -> np.ndarray:
+def binarize(array: np.ndarray, kind: str = "auto", threshold: float = BONE_HU, name: str = "volume") -> np.ndarray:
     """A bone mask: nonzero voxels of a mask, or voxels >= ``threshold`` HU of a CT.
 
     ``kind="auto"`` treats a volume with negative values as CT.

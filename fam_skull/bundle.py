@@ -24,6 +24,7 @@ import torch
 
 from data_prep.folder import claim
 from data_prep.io import VolumeError, atomic_path, atomic_write_text
+from data_prep.preprocess import BONE_HU
 from data_prep.sources import safe_id, stem, volumes
 from fam_skull.config import Config
 from fam_skull.models import network_spec
@@ -46,7 +47,7 @@ class FolderPredictor:
     """
 
     def __init__(self, network: torch.nn.Module, weights: str, grid, input_dir: str, output_dir: str, device="cpu",
-                 min_component_mm3: float = 100.0, roi_size=None, input_kind: str = "auto", threshold: float = 150.0) -> None:
+                 min_component_mm3: float = 100.0, roi_size=None, input_kind: str = "auto", threshold: float = BONE_HU) -> None:
         self.network = network.to(device).eval()
         self.network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         self.grid, self.device = tuple(grid), torch.device(device)
@@ -135,7 +136,7 @@ def _inference(config: Config, grid, min_component_mm3: float) -> dict:
             "min_component_mm3": min_component_mm3,
             "roi_size": None,
             "input_kind": "auto",
-            "threshold": 150.0,
+            "threshold": BONE_HU,
         },
         "run": ["$@predictor.run()"],
     }

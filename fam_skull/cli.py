@@ -47,7 +47,7 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--axial-slices", type=int, default=None, help="crop/pad to this many axial slices (top kept) before resizing")
     p.add_argument("--no-largest-component", dest="keep_largest", action="store_false", help="keep every connected component")
     p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind, help="auto: negative values mean CT")
-    p.add_argument("--threshold", type=float, default=d.threshold, help="bone threshold in HU for CT (default 150)")
+    p.add_argument("--threshold", type=float, default=d.threshold, help=f"bone threshold in HU for CT (default {d.threshold:g})")
     p.add_argument("--defects", type=_names, default=d.defects, help="defect types generated for training and eval1")
     p.add_argument("--shift-defects", type=_names, default=None, help="defect types of eval2 (unseen in training)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)

@@ -18,6 +18,7 @@ import yaml
 
 from data_prep.defects import DEFECT_TYPES
 from fam_skull.regularizer import DEFAULT_LAMBDA
+from fam_skull.sam import DEFAULT_RHO
 
 
 class ConfigError(ValueError):
@@ -88,7 +89,7 @@ class FAMConfig:
 
 @dataclass
 class SAMConfig:
-    rho: float = 0.05
+    rho: float = DEFAULT_RHO
 
 
 @dataclass

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from data_prep.folder import claim
 from data_prep.io import VolumeError, atomic_write_bytes, atomic_write_text, from_array, read_image, read_json, to_array, write_image
 from data_prep.manifest import Manifest
-from data_prep.preprocess import Layout, binarize, largest_component
+from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
 from data_prep.sources import safe_id, stem
 from fam_skull.models import implant_mask
 from fam_skull.refine import refine_implant, scan_probability
@@ -114,7 +114,7 @@ class PredictOptions:
     roi_size: tuple[int, int, int] | None = None
     stage: str | None = None
     input_kind: str = "auto"
-    threshold: float = 150.0
+    threshold: float = BONE_HU
     device: str = "auto"
     force: bool = False
     quiet: bool = False
@@ -151,7 +151,7 @@ def _cases(opts: PredictOptions, grid) -> list[dict]:
     return out
 
 
-def load_file(path: Path, grid, input_kind: str = "auto", threshold: float = 150.0) -> tuple[np.ndarray, Layout, np.ndarray]:
+def load_file(path: Path, grid, input_kind: str = "auto", threshold: float = BONE_HU) -> tuple[np.ndarray, Layout, np.ndarray]:
     """A defective skull file as the network sees it: its grid mask, its Layout and its canonical mask at the
     scan's resolution (binarized as ``prepare`` does, largest component kept).
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+DEFAULT_RHO = 0.05  # the SAM paper's default radius
+
 
 class SAM:
     """Two-pass SAM around any optimizer: ``backward``; ``perturb()``; ``backward`` again; ``restore()``; ``step``.
@@ -12,7 +14,7 @@ class SAM:
     DistributedDataParallel both backward passes are all-reduced, so every rank perturbs identically.
     """
 
-    def __init__(self, base: torch.optim.Optimizer, rho: float = 0.05) -> None:
+    def __init__(self, base: torch.optim.Optimizer, rho: float = DEFAULT_RHO) -> None:
         if rho <= 0:
             raise ValueError(f"SAM rho must be > 0, got {rho}")
         self.base = base

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fam_skull.regularizer import FAMRegularizer
-from fam_skull.sam import SAM
+from fam_skull.sam import DEFAULT_RHO, SAM
 
 METHODS = ("baseline", "fam", "sam")
 
@@ -64,7 +64,7 @@ class Stepper:
         method: str = "baseline",
         *,
         regularizer: FAMRegularizer | None = None,
-        sam_rho: float = 0.05,
+        sam_rho: float = DEFAULT_RHO,
         amp: bool = False,
     ) -> None:
         if method not in METHODS:

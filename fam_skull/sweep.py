@@ -28,6 +28,7 @@ from fam_skull.config import Config, ConfigError, apply, build_section, load_con
 from fam_skull.evaluate import EvaluateOptions, evaluate, slug
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.runs import method_label
+from fam_skull.sam import DEFAULT_RHO
 from fam_skull.study import StudyRun, write_study
 from fam_skull.report import QUALITY, paper_table
 from fam_skull.train import train
@@ -47,7 +48,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline: bool = True
     sam: bool = False
-    sam_rho: float = 0.05
+    sam_rho: float = DEFAULT_RHO
     checkpoint: str = "best"
     min_component_mm3: float = 100.0
     sets: list[str] = field(default_factory=lambda: ["eval1", "eval2"])

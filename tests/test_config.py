@@ -59,4 +59,29 @@ def test_shipped_sweep_and_demo_configs():
 
 
 def test_defaults_live_in_one_place():
-    assert Config().train.save_epochs == [100] and Config().fam.layer == "bottleneck"
+    """Lambda, rho and the bone threshold are each defined once; every entry point takes that value (a copy
+    changed to a literal anywhere fails here)."""
+    from inspect import signature
+
+    from data_prep.prepare import PrepareOptions
+    from data_prep.preprocess import BONE_HU, binarize
+    from fam_skull.bundle import FolderPredictor
+    from fam_skull.cli import build_parser
+    from fam_skull.predict import PredictOptions, load_file
+    from fam_skull.regularizer import DEFAULT_LAMBDA, FAMRegularizer
+    from fam_skull.sam import DEFAULT_RHO, SAM
+    from fam_skull.step import Stepper
+    from fam_skull.sweep import SweepConfig
+
+    def default(fn, name):
+        return signature(fn).parameters[name].default
+
+    assert Config().fam.lam == default(FAMRegularizer, "lam") == DEFAULT_LAMBDA
+    assert Config().sam.rho == SweepConfig().sam_rho == default(Stepper, "sam_rho") == default(SAM, "rho") == DEFAULT_RHO
+    assert (PrepareOptions(output=Path("."), synthetic=1).threshold == PredictOptions(run=Path("."), output=Path(".")).threshold
+            == default(binarize, "threshold") == default(load_file, "threshold") == default(FolderPredictor, "threshold") == BONE_HU)
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for command in ("prepare", "predict"):
+        assert sub[command].get_default("threshold") == BONE_HU
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"lam={DEFAULT_LAMBDA}" in readme and f"lambda = {DEFAULT_LAMBDA}" in readme

@@ -62,6 +62,25 @@ def test_flatness_command(tmp_path, manifest, trained_run, capsys):
     assert result["n"] == 8 and result["ci95"][0] <= result["kappa"] <= result["ci95"][1]
     assert abs(sum(result["per_case"].values()) / 8 - result["kappa"]) < 1e-12
     assert "baseline: kappa(bottleneck) =" in capsys.readouterr().out
+    # each case's value is relative_flatness (checked against a brute-force Hessian in test_flatness.py) of that
+    # case alone, with the command's probe stream: read the case back from its files, not through the command's loader
+    import torch
+
+    from data_prep.io import read_image, to_array
+    from data_prep.manifest import Manifest
+    from fam_skull.flatness import relative_flatness
+    from fam_skull.runs import build_loss, load_run
+
+    model, config, _, _ = load_run(trained_run)
+    data = Manifest.load(manifest)
+    generator = torch.Generator().manual_seed(0)
+    for case in data.role("train"):
+        def volume(kind):
+            return torch.from_numpy(to_array(read_image(data.file(case, "grid", kind))).astype("float32"))[None, None]
+
+        kappa = relative_flatness(model, "bottleneck", build_loss(config), volume("defective"), volume("implant"), probes=2,
+                                  generator=generator)
+        assert result["per_case"][case["id"]] == pytest.approx(float(kappa.detach()), rel=1e-6, abs=1e-12), case["id"]
 
 
 def test_study_of_two_arms_over_two_seeds(tmp_path, manifest):
