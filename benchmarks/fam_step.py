@@ -21,7 +21,7 @@ from _isolated import isolated
 from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
-from fam_skull.regularizer import FAMRegularizer
+from fam_skull.fam.regularizer import FAMRegularizer
 from fam_skull.step import Stepper
 
 LAM = 1e-3

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from data_prep.defects import DEFECT_TYPES
-from fam_skull.regularizer import DEFAULT_LAMBDA
-from fam_skull.sam import DEFAULT_RHO
+from fam_skull.fam.regularizer import DEFAULT_LAMBDA
+from fam_skull.fam.sam import DEFAULT_RHO
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
 from fam_skull.data import items, transforms
-from fam_skull.flatness import relative_flatness
+from fam_skull.fam.flatness import relative_flatness
 from fam_skull.runs import build_loss, load_run, method_label
 
 

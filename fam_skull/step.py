@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fam_skull.regularizer import FAMRegularizer
-from fam_skull.sam import DEFAULT_RHO, SAM
+from fam_skull.fam.regularizer import FAMRegularizer
+from fam_skull.fam.sam import DEFAULT_RHO, SAM
 
 METHODS = ("baseline", "fam", "sam")
 

@@ -28,7 +28,7 @@ from fam_skull.config import Config, ConfigError, apply, build_section, load_con
 from fam_skull.evaluate import EvaluateOptions, evaluate, slug
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.runs import method_label
-from fam_skull.sam import DEFAULT_RHO
+from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.study import StudyRun, write_study
 from fam_skull.report import QUALITY, paper_table
 from fam_skull.train import train

@@ -35,10 +35,10 @@ from fam_skull import refine
 from fam_skull.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
-from fam_skull.flatness import resolve_layer
+from fam_skull.fam.flatness import resolve_layer
 from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
-from fam_skull.regularizer import FAMRegularizer
+from fam_skull.fam.regularizer import FAMRegularizer
 from fam_skull.report import save_figure
 from fam_skull.runs import build_loss, load_run, model_from_config
 from fam_skull.step import Stepper

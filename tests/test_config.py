@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from fam_skull.config import Config, ConfigError, load_config
-from fam_skull.flatness import resolve_layer
+from fam_skull.fam.flatness import resolve_layer
 from fam_skull.sweep import load_sweep
 from fam_skull.runs import model_from_config
 
@@ -68,8 +68,8 @@ def test_defaults_live_in_one_place():
     from fam_skull.bundle import FolderPredictor
     from fam_skull.cli import build_parser
     from fam_skull.predict import PredictOptions, load_file
-    from fam_skull.regularizer import DEFAULT_LAMBDA, FAMRegularizer
-    from fam_skull.sam import DEFAULT_RHO, SAM
+    from fam_skull.fam.regularizer import DEFAULT_LAMBDA, FAMRegularizer
+    from fam_skull.fam.sam import DEFAULT_RHO, SAM
     from fam_skull.step import Stepper
     from fam_skull.sweep import SweepConfig
 

@@ -68,7 +68,7 @@ def test_flatness_command(tmp_path, manifest, trained_run, capsys):
 
     from data_prep.io import read_image, to_array
     from data_prep.manifest import Manifest
-    from fam_skull.flatness import relative_flatness
+    from fam_skull.fam.flatness import relative_flatness
     from fam_skull.runs import build_loss, load_run
 
     model, config, _, _ = load_run(trained_run)

@@ -7,7 +7,7 @@ from monai.networks.nets import UNet
 from torch import nn
 from torch.func import functional_call
 
-from fam_skull.flatness import flatness_of_loss, relative_flatness, resolve_layer
+from fam_skull.fam.flatness import flatness_of_loss, relative_flatness, resolve_layer
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fam_skull.norms import decompose_norms, decomposed_norms, restore_norms
+from fam_skull.fam.norms import decompose_norms, decomposed_norms, restore_norms
 
 LAYERS = {
     "instance": lambda: nn.InstanceNorm3d(3),

@@ -7,8 +7,8 @@ from test_flatness import CE, DICE, conv_batch, conv_net, full_hessian, mlp, mlp
 from torch import nn
 from torch.func import functional_call
 
-from fam_skull.flatness import flatness_of_loss, relative_flatness, resolve_layer
-from fam_skull.regularizer import FAMRegularizer
+from fam_skull.fam.flatness import flatness_of_loss, relative_flatness, resolve_layer
+from fam_skull.fam.regularizer import FAMRegularizer
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
 from fam_skull import FAMRegularizer
-from fam_skull.flatness import flatness_of_loss
+from fam_skull.fam.flatness import flatness_of_loss
 
 DICE = DiceLoss(to_onehot_y=True, softmax=True)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fam_skull.sam import SAM
+from fam_skull.fam.sam import SAM
 from fam_skull.step import Stepper
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fam_skull.norms import decomposed_norms
+from fam_skull.fam.norms import decomposed_norms
 
 Estimator = Literal["exact", "hutchinson"]
 Objective = Literal["kappa", "fisher", "published", "l2"]
@@ -221,8 +221,8 @@ def flatness_of_loss(
     averages ``probes`` unbiased samples whose gradient is unbiased too (see :func:`_directions`).
 
     Note that normalization layers between the weight and the loss must be primitive-op ones
-    (:mod:`fam_skull.norms`) for the gradient of ``kappa`` to be right; :func:`relative_flatness` and
-    :class:`~fam_skull.regularizer.FAMRegularizer` see to that.
+    (:mod:`fam_skull.fam.norms`) for the gradient of ``kappa`` to be right; :func:`relative_flatness` and
+    :class:`~fam_skull.fam.regularizer.FAMRegularizer` see to that.
     """
     if estimator not in ("exact", "hutchinson"):
         raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")

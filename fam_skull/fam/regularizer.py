@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fam_skull.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
-from fam_skull.norms import decompose_norms
+from fam_skull.fam.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
+from fam_skull.fam.norms import decompose_norms
 
 # The one default lambda (config, this class, README): with the default Dice + cross-entropy (mean) loss,
 # lambda * ||grad kappa|| was 0.03-0.1 x ||grad loss|| at a trained demo U-Net's bottleneck.
@@ -47,10 +47,10 @@ class FAMRegularizer:
             the averaged gradient equals the single-process one on the global batch.
         objective: ``kappa`` (relative flatness of the task loss's Hessian), ``fisher`` (of the Gauss-Newton
             matrix: >= 0, second order), ``published`` (the authors' ||W||_F * Tr(H)) or ``l2`` (||W||_F^2);
-            see :func:`~fam_skull.flatness.flatness_of_loss`.
+            see :func:`~fam_skull.fam.flatness.flatness_of_loss`.
 
     The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place and for good, for
-    primitive-op twins with the same parameters and state_dict (:mod:`fam_skull.norms`): the fused kernels'
+    primitive-op twins with the same parameters and state_dict (:mod:`fam_skull.fam.norms`): the fused kernels'
     third-order derivatives are wrong, and the FAM gradient is third order.
     """
 
