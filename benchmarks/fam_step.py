@@ -101,8 +101,10 @@ def main() -> None:
             results[label] = (min(old[0], seconds), max(old[1], peak))
     base_t, base_m = results["baseline"]
     where = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
-    print(f"torch {torch.__version__}, {where}, {args.threads} threads, batch {args.batch} x {args.shape}, {args.steps} timed steps per row, "
-          f"fastest of {args.repeats} rounds")
+    print(
+        f"torch {torch.__version__}, {where}, {args.threads} threads, batch {args.batch} x {args.shape}, {args.steps} timed steps per row, "
+        f"fastest of {args.repeats} rounds"
+    )
     print("| variant | s/step | time x baseline | peak step MiB | memory x baseline |")
     print("|---|---|---|---|---|")
     for label, _, _ in rows:

@@ -42,12 +42,16 @@ def main() -> None:
         shape, fov = (512, 512, 256), (230.0, 230.0, 200.0)
         mask, spacing, origin = synthetic_skull(7, shape, fov=fov)
         defective = mask & ~make_defect(mask, spacing, "bilateral", 3).region
-        write_image(from_array(defective.astype(np.uint8), Geometry(shape, spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))), tmp / "scan.nrrd")
+        write_image(
+            from_array(defective.astype(np.uint8), Geometry(shape, spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))), tmp / "scan.nrrd"
+        )
         rows = []
         for stage in ("coarse", "refined"):
             seconds, peak, _ = isolated(_predict, args.run, tmp / "scan.nrrd", tmp / stage, stage)
             rows.append((stage, seconds, peak))
-    print(f"512x512x256 scan ({spacing[0]:.3f} x {spacing[1]:.3f} x {spacing[2]:.3f} mm), {args.threads} threads, torch {torch.__version__}")
+    print(
+        f"512x512x256 scan ({spacing[0]:.3f} x {spacing[1]:.3f} x {spacing[2]:.3f} mm), {args.threads} threads, torch {torch.__version__}"
+    )
     print("| stage | seconds | peak MiB | target |")
     print("|---|---|---|---|")
     for stage, seconds, peak in rows:

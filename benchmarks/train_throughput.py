@@ -30,13 +30,15 @@ def main() -> None:
         cases = len(Manifest.load(result.manifest).role("train"))
         rows = {}
         for method in ("baseline", "fam", "sam"):
-            cfg = load_config(base={
-                "method": method,
-                "output": str(tmp / method),
-                "data": {"manifest": str(result.manifest), "batch_size": 2},
-                "model": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 2},
-                "train": {"epochs": 2, "save_epochs": [], "threads": args.threads},
-            })
+            cfg = load_config(
+                base={
+                    "method": method,
+                    "output": str(tmp / method),
+                    "data": {"manifest": str(result.manifest), "batch_size": 2},
+                    "model": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 2},
+                    "train": {"epochs": 2, "save_epochs": [], "threads": args.threads},
+                }
+            )
             train(cfg, quiet=True)
             with open(tmp / method / "metrics.csv") as f:
                 rows[method] = list(csv.DictReader(f))[-1]

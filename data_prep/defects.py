@@ -129,9 +129,7 @@ def _draw(kind: str, frame: _Frame, rng) -> tuple[tuple[slice, ...], np.ndarray]
         sl, c = frame.box(centre, [reach] * 3)
         warped = [ci + _waves(c, rng, 4.0, 60.0) for ci in c]  # elastic deformation of the coordinates
         k = 0.3  # 1/mm: sharpness of the smooth union
-        soft = sum(
-            np.exp(k * (r - np.sqrt(sum((wi - float(ci)) ** 2 for wi, ci in zip(warped, cen))))) for cen, r in spheres
-        )
+        soft = sum(np.exp(k * (r - np.sqrt(sum((wi - float(ci)) ** 2 for wi, ci in zip(warped, cen))))) for cen, r in spheres)
         return sl, soft > 1
     raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
 

@@ -81,8 +81,16 @@ def claim(path: str | os.PathLike, command: str) -> Iterator[Path]:
             raise FolderError(f"output {path}: in use by {holder}; wait for it to finish or choose another folder") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"command": f"fam-skull {command}", "pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.write(
+            json.dumps(
+                {
+                    "command": f"fam-skull {command}",
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            )
+        )
         handle.flush()
         _held[path] = 1
         try:

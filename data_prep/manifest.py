@@ -48,8 +48,9 @@ class Manifest:
             raise ManifestError(f"{path}: not a fam-skull manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
         cases = data.get("cases")
         if not isinstance(cases, list) or not all(isinstance(c, dict) and "id" in c and c.get("role") in ROLES for c in cases):
-            raise ManifestError(f"{path}: 'cases' must be a list of records with an id and a role ({', '.join(ROLES)}); "
-                                "rerun 'fam-skull prepare'")
+            raise ManifestError(
+                f"{path}: 'cases' must be a list of records with an id and a role ({', '.join(ROLES)}); rerun 'fam-skull prepare'"
+            )
         seen = set()
         for case in cases:
             try:  # ids become output file names in predict and evaluate: none may leave their folders

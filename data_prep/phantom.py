@@ -94,10 +94,7 @@ def synthetic_skull(seed: int, shape=(64, 64, 32), fov=FIELD_OF_VIEW, mandible: 
     norm = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) + 1e-6
     u = [ri / norm for ri in rel]
     thickness = (
-        float(anatomy.thickness)
-        + 1.5 * np.clip(u[2], 0, None) ** 4
-        + 1.5 * np.clip(u[1], 0, None) ** 4
-        - 2.5 * u[0] ** 4 * (1 - u[2] ** 2)
+        float(anatomy.thickness) + 1.5 * np.clip(u[2], 0, None) ** 4 + 1.5 * np.clip(u[1], 0, None) ** 4 - 2.5 * u[0] ** 4 * (1 - u[2] ** 2)
     )
     vault, rho, rel, _ = _shell(q, vault_c, anatomy.axes.tolist(), thickness, spacing)
 

@@ -99,8 +99,10 @@ class PrepareOptions:
         largest = max(np.prod(self.grid, dtype=float), np.prod(self.synthetic_shape or self.grid, dtype=float))
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if largest * BYTES_PER_VOXEL > memory:
-            raise ValueError(f"grid: {largest:.3g} voxels need about {largest * BYTES_PER_VOXEL / 2**30:.0f} GiB per case, "
-                             f"this machine has {memory / 2**30:.0f} GiB; choose a smaller grid")
+            raise ValueError(
+                f"grid: {largest:.3g} voxels need about {largest * BYTES_PER_VOXEL / 2**30:.0f} GiB per case, "
+                f"this machine has {memory / 2**30:.0f} GiB; choose a smaller grid"
+            )
         if self.source == "synthetic" and self.synthetic < 1:
             raise ValueError(f"synthetic: the number of skulls must be >= 1, got {self.synthetic}")
         if self.axial_slices is not None and self.axial_slices < 2:
@@ -192,7 +194,8 @@ def _read_mask(path: Path, layout: Layout, opts: PrepareOptions, largest: bool) 
     tolerance = 0.01 * min(ref.spacing)
     if not np.allclose(image.GetOrigin(), ref.origin, atol=tolerance) or not np.allclose(image.GetDirection(), ref.direction, atol=1e-4):
         raise VolumeError(
-            f"{path}: origin/direction {tuple(round(o, 3) for o in image.GetOrigin())} / {tuple(round(d, 4) for d in image.GetDirection())} "
+            f"{path}: origin/direction {tuple(round(o, 3) for o in image.GetOrigin())} / "
+            f"{tuple(round(d, 4) for d in image.GetDirection())} "
             f"differ from its partner's {tuple(round(o, 3) for o in ref.origin)} / {tuple(round(d, 4) for d in ref.direction)}; "
             "the pair must share one grid"
         )
@@ -280,7 +283,11 @@ def _finished(case: SourceCase, opts: PrepareOptions) -> dict | None:
     except (ValueError, AttributeError):  # a damaged record: the case is prepared again
         return None
     same = (record.get("role"), record.get("defect"), record.get("seed"), record.get("settings")) == (
-        case.role, case.defect, case.seed, _settings(opts))
+        case.role,
+        case.defect,
+        case.seed,
+        _settings(opts),
+    )
     return record if same and all((opts.output / f).is_file() for f in files) else None
 
 
@@ -380,6 +387,11 @@ def _prepare(opts: PrepareOptions) -> PrepareResult:
     counts = {r: len(manifest.role(r)) for r in ROLES}
     log.info(
         "prepared %d cases, reused %d, skipped %d (%s) in %.1f s -> %s",
-        result.prepared, reused, len(skipped), ", ".join(f"{k} {v}" for k, v in counts.items()), result.seconds, manifest.path,
+        result.prepared,
+        reused,
+        len(skipped),
+        ", ".join(f"{k} {v}" for k, v in counts.items()),
+        result.seconds,
+        manifest.path,
     )
     return result

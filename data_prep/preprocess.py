@@ -34,7 +34,9 @@ def binarize(array: np.ndarray, kind: str = "auto", threshold: float = BONE_HU, 
     is_ct = kind == "ct" or (kind == "auto" and array.min() < 0)
     mask = array >= threshold if is_ct else array != 0
     if not mask.any():
-        raise VolumeError(f"{name}: the mask is empty (no {'voxel >= %g HU' % threshold if is_ct else 'nonzero voxel'}); check the file and --input-kind")
+        raise VolumeError(
+            f"{name}: the mask is empty (no {f'voxel >= {threshold:g} HU' if is_ct else 'nonzero voxel'}); check the file and --input-kind"
+        )
     return mask
 
 

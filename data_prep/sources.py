@@ -54,8 +54,7 @@ def check_id(case_id: str) -> str:
     """
     if not _SAFE.match(case_id) or ".." in case_id:
         raise ValueError(
-            f"case id {case_id!r} is not a safe file name (it could escape the output folder); "
-            "use letters, digits, '.', '_' and '-' only"
+            f"case id {case_id!r} is not a safe file name (it could escape the output folder); use letters, digits, '.', '_' and '-' only"
         )
     return case_id
 
@@ -99,9 +98,7 @@ def skullbreak(root: Path) -> tuple[list[SourceCase], list[Skip]]:
             if complete is None:
                 skips.append(Skip(str(defective), f"no partner complete_skull/{name}.nrrd; add it or remove this file"))
                 continue
-            cases.append(
-                SourceCase(safe_id(f"{name}_{defect_dir.name}"), safe_id(name), complete, defective, implant, defect_dir.name)
-            )
+            cases.append(SourceCase(safe_id(f"{name}_{defect_dir.name}"), safe_id(name), complete, defective, implant, defect_dir.name))
     return cases, skips
 
 
@@ -185,7 +182,12 @@ def _unique(cases: list[SourceCase], skips: list[Skip]) -> tuple[list[SourceCase
             first[case.case_id] = case
             continue
         source = case.defective or case.complete
-        skips.append(Skip(str(source), f"its case id {case.case_id!r} is already taken by "
-                                       f"{first[case.case_id].defective or first[case.case_id].complete}; rename one of them "
-                                       "(or give the CSV an 'id' column)"))
+        skips.append(
+            Skip(
+                str(source),
+                f"its case id {case.case_id!r} is already taken by "
+                f"{first[case.case_id].defective or first[case.case_id].complete}; rename one of them "
+                "(or give the CSV an 'id' column)",
+            )
+        )
     return list(first.values()), skips

@@ -46,8 +46,19 @@ class FolderPredictor:
         min_component_mm3, roi_size, input_kind, threshold: as ``fam-skull predict``'s options.
     """
 
-    def __init__(self, network: torch.nn.Module, weights: str, grid, input_dir: str, output_dir: str, device="cpu",
-                 min_component_mm3: float = 100.0, roi_size=None, input_kind: str = "auto", threshold: float = BONE_HU) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        weights: str,
+        grid,
+        input_dir: str,
+        output_dir: str,
+        device="cpu",
+        min_component_mm3: float = 100.0,
+        roi_size=None,
+        input_kind: str = "auto",
+        threshold: float = BONE_HU,
+    ) -> None:
         self.network = network.to(device).eval()
         self.network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         self.grid, self.device = tuple(grid), torch.device(device)
@@ -66,8 +77,9 @@ class FolderPredictor:
                 case_id = safe_id(stem(path))
                 try:
                     grid_mask, layout, canonical = load_file(path, self.grid, self.input_kind, self.threshold)
-                    defective, implant = coarse_implant(self.network, grid_mask, layout, canonical, self.device, self.roi_size,
-                                                        self.min_component_mm3)
+                    defective, implant = coarse_implant(
+                        self.network, grid_mask, layout, canonical, self.device, self.roi_size, self.min_component_mm3
+                    )
                     done[case_id] = write_case(self.output_dir, case_id, defective, implant, layout)
                 except VolumeError as e:
                     log.warning("skipped %s: %s", path, e)
@@ -88,18 +100,39 @@ def _metadata(config: Config, grid, checkpoint: Path) -> dict:
         "required_packages_version": {"fam-skull": _version(), "SimpleITK": _version("SimpleITK")},
         "name": f"fam-skull {target} network ({method_label(config)})",
         "task": "Cranial implant design: the implant that completes a defective skull",
-        "description": (f"A {config.model.name} trained by fam-skull ({method_label(config)}) on a {list(grid)} grid. The input "
-                        "volume is binarized, reoriented to LPS, resized to the grid; the implant is the network's foreground "
-                        "minus the input, resampled back to the input's geometry, small pieces removed."),
+        "description": (
+            f"A {config.model.name} trained by fam-skull ({method_label(config)}) on a {list(grid)} grid. The input "
+            "volume is binarized, reoriented to LPS, resized to the grid; the implant is the network's foreground "
+            "minus the input, resampled back to the input's geometry, small pieces removed."
+        ),
         "authors": "fam-skull",
         "copyright": "see the training data's license",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "CT (bone mask)", "num_channels": 1,
-                                 "spatial_shape": list(grid), "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
-                                 "channel_def": {"0": "defective skull"}}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2, "spatial_shape": list(grid),
-                                 "dtype": "float32", "value_range": [], "is_patch_data": False,
-                                 "channel_def": {"0": "background", "1": "implant" if target == "implant" else "completed skull"}}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "CT (bone mask)",
+                    "num_channels": 1,
+                    "spatial_shape": list(grid),
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "defective skull"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 2,
+                    "spatial_shape": list(grid),
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "background", "1": "implant" if target == "implant" else "completed skull"},
+                }
+            },
         },
     }
 
@@ -115,8 +148,17 @@ def _version(package: str = "fam-skull") -> str:
 
 def _inference(config: Config, grid, min_component_mm3: float) -> dict:
     m = config.model
-    spec = network_spec(m.name, channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=m.norm, act=m.act,
-                        dropout=m.dropout, latent_size=m.latent_size, spatial_size=grid)
+    spec = network_spec(
+        m.name,
+        channels=m.channels,
+        strides=m.strides,
+        num_res_units=m.num_res_units,
+        norm=m.norm,
+        act=m.act,
+        dropout=m.dropout,
+        latent_size=m.latent_size,
+        spatial_size=grid,
+    )
     return {
         "imports": ["$import torch", "$import fam_skull.bundle"],
         "bundle_root": ".",
@@ -159,10 +201,14 @@ def export_bundle(run: str | Path, output: str | Path, checkpoint: str = "best",
             torch.save(model.state_dict(), tmp)
         atomic_write_text(output / "configs" / "metadata.json", json.dumps(_metadata(config, grid, path), indent=2))
         atomic_write_text(output / "configs" / "inference.json", json.dumps(_inference(config, grid, min_component_mm3), indent=2))
-        atomic_write_text(output / "docs" / "README.md", (
-            f"# {method_label(config)}: fam-skull {config.model.target} network\n\n"
-            f"Exported from `{Path(run).resolve()}` ({path.name}). Needs `pip install fam-skull` (the pre- and post-processing).\n\n"
-            "    python -m monai.bundle run --config_file configs/inference.json --bundle_root . \\\n"
-            "        --input_dir DEFECTIVE_SKULLS --output_dir PREDICTIONS\n\n"
-            "writes `<id>_complete.nii.gz` and `<id>_implant.nii.gz` in each input's own geometry.\n"))
+        atomic_write_text(
+            output / "docs" / "README.md",
+            (
+                f"# {method_label(config)}: fam-skull {config.model.target} network\n\n"
+                f"Exported from `{Path(run).resolve()}` ({path.name}). Needs `pip install fam-skull` (the pre- and post-processing).\n\n"
+                "    python -m monai.bundle run --config_file configs/inference.json --bundle_root . \\\n"
+                "        --input_dir DEFECTIVE_SKULLS --output_dir PREDICTIONS\n\n"
+                "writes `<id>_complete.nii.gz` and `<id>_implant.nii.gz` in each input's own geometry.\n"
+            ),
+        )
     return output

@@ -40,7 +40,12 @@ def _prepare_parser(sub) -> None:
     src.add_argument("--skullbreak", type=Path, metavar="ROOT", help="SkullBreak root (complete_skull/, defective_skull/, implant/)")
     src.add_argument("--skullfix", type=Path, metavar="ROOT", help="SkullFix root (training_set/...)")
     src.add_argument("--complete", type=Path, metavar="DIR", help="folder of complete skulls; defects are generated")
-    src.add_argument("--pairs", type=Path, metavar="CSV_OR_DIR", help="CSV defective,complete[,implant][,id] or a folder with defective/ complete/ [implant/]")
+    src.add_argument(
+        "--pairs",
+        type=Path,
+        metavar="CSV_OR_DIR",
+        help="CSV defective,complete[,implant][,id] or a folder with defective/ complete/ [implant/]",
+    )
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic skulls")
     p.add_argument("--synthetic-shape", type=_ints, default=None, help="grid of the synthetic skulls (default: --grid)")
     p.add_argument("--grid", type=_ints, default=d.grid, help="training grid x,y,z (default 256,256,128)")
@@ -55,8 +60,12 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--eval1", type=_names, default=(), help="skull ids of evaluation set 1 (comma list or @file)")
     p.add_argument("--eval2", type=_names, default=(), help="skull ids of evaluation set 2 (comma list or @file)")
     p.add_argument("--mandible", action="store_true", help="synthetic skulls get a mandible arc")
-    p.add_argument("--no-refine-data", dest="refine_data", action="store_false",
-                   help="write train/val volumes on the grid only (the refinement stage needs them at the scan's resolution)")
+    p.add_argument(
+        "--no-refine-data",
+        dest="refine_data",
+        action="store_false",
+        help="write train/val volumes on the grid only (the refinement stage needs them at the scan's resolution)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--force", action="store_true", help="redo finished cases")
@@ -140,8 +149,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="drop smaller implant pieces")
     p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
     p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
-    p.add_argument("--stage", choices=["coarse", "refined"], default=None,
-                   help="with a refinement run: refined (default) or its coarse stage alone")
+    p.add_argument(
+        "--stage", choices=["coarse", "refined"], default=None, help="with a refinement run: refined (default) or its coarse stage alone"
+    )
     p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind)
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--device", default=d.device)
@@ -169,7 +179,9 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--output", type=Path, required=True, help="report folder")
     p.add_argument("--sets", type=_names, default=d.sets, help="evaluation sets (default eval1,eval2)")
     p.add_argument("--subset", type=int, default=d.subset, help="size of the subset aggregates (default 100)")
-    p.add_argument("--empty", choices=["diagonal", "inf"], default=d.empty, help="score of a missing surface (default: the volume diagonal)")
+    p.add_argument(
+        "--empty", choices=["diagonal", "inf"], default=d.empty, help="score of a missing surface (default: the volume diagonal)"
+    )
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--force", action="store_true", help="recompute cached per-case results")
     p.add_argument("--quiet", action="store_true")
@@ -239,10 +251,22 @@ def _flatness_parser(sub) -> None:
 def _run_flatness(args) -> int:
     from fam_skull.measure import measure_flatness
 
-    r = measure_flatness(args.run, args.data, roles=args.roles, probes=args.probes, max_cases=args.max_cases,
-                         checkpoint=args.checkpoint, seed=args.seed, output=args.output, quiet=args.quiet,
-                         objective=args.objective)
-    print(f"{r.method}: {'kappa' if r.objective == 'kappa' else 'kappa_F'}({r.layer}) = {r.kappa:.6g}, 95% CI [{r.ci95[0]:.6g}, {r.ci95[1]:.6g}] over {len(r.per_case)} cases")
+    r = measure_flatness(
+        args.run,
+        args.data,
+        roles=args.roles,
+        probes=args.probes,
+        max_cases=args.max_cases,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        output=args.output,
+        quiet=args.quiet,
+        objective=args.objective,
+    )
+    print(
+        f"{r.method}: {'kappa' if r.objective == 'kappa' else 'kappa_F'}({r.layer}) = {r.kappa:.6g}, "
+        f"95% CI [{r.ci95[0]:.6g}, {r.ci95[1]:.6g}] over {len(r.per_case)} cases"
+    )
     return 0
 
 
@@ -259,8 +283,10 @@ def _run_export(args) -> int:
     from fam_skull.bundle import export_bundle
 
     out = export_bundle(args.run, args.output, args.checkpoint, args.min_component_mm3)
-    print(f"bundle: {out}\nrun it: python -m monai.bundle run --config_file {out / 'configs' / 'inference.json'} "
-          f"--bundle_root {out} --input_dir DEFECTIVE_SKULLS --output_dir PREDICTIONS")
+    print(
+        f"bundle: {out}\nrun it: python -m monai.bundle run --config_file {out / 'configs' / 'inference.json'} "
+        f"--bundle_root {out} --input_dir DEFECTIVE_SKULLS --output_dir PREDICTIONS"
+    )
     return 0
 
 

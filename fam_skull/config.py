@@ -150,9 +150,30 @@ CHOICES = {
     "fam.estimator": ("hutchinson", "exact"),
     "fam.objective": ("kappa", "fisher", "published", "l2"),
 }
-POSITIVE = ("train.max_weight", "data.batch_size", "fam.probes", "fam.every", "train.val_every", "train.max_nonfinite", "optim.lr", "sam.rho", "loss.weight")
+POSITIVE = (
+    "train.max_weight",
+    "data.batch_size",
+    "fam.probes",
+    "fam.every",
+    "train.val_every",
+    "train.max_nonfinite",
+    "optim.lr",
+    "sam.rho",
+    "loss.weight",
+)
 PROBABILITIES = ("augment.fresh_defect", "augment.flip", "augment.affine")
-NON_NEGATIVE = ("refine.margin_mm", "augment.rotate_deg", "augment.scale", "fam.lam", "fam.warmup_steps", "train.epochs", "data.num_workers", "optim.weight_decay", "model.dropout", "train.threads")
+NON_NEGATIVE = (
+    "refine.margin_mm",
+    "augment.rotate_deg",
+    "augment.scale",
+    "fam.lam",
+    "fam.warmup_steps",
+    "train.epochs",
+    "data.num_workers",
+    "optim.weight_decay",
+    "model.dropout",
+    "train.threads",
+)
 
 
 def _coerce(value, annotation, key: str):

@@ -33,7 +33,9 @@ def demo(config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", over
     for key in prep:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"unknown key prepare.{key}" + (f" (did you mean prepare.{close[0]}?)" if close else f" (valid: {', '.join(known)})"))
+            raise ConfigError(
+                f"unknown key prepare.{key}" + (f" (did you mean prepare.{close[0]}?)" if close else f" (valid: {', '.join(known)})")
+            )
     opts = PrepareOptions(output=output / "data", source="synthetic", quiet=quiet, **prep)
     result = prepare(opts)
     if not result.ok:

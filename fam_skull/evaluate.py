@@ -128,9 +128,12 @@ def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> 
 def _key(pred_files: dict, gt_files: dict, empty: str) -> dict:
     """What a case's scores depend on: every input file (path, size, modification time) and the empty policy;
     a cached result is reused only when all of it is unchanged."""
+
     def stamp(files):
-        return {name: [str(Path(p).resolve()), *([Path(p).stat().st_size, Path(p).stat().st_mtime_ns] if Path(p).is_file() else [])]
-                for name, p in sorted(files.items())}
+        return {
+            name: [str(Path(p).resolve()), *([Path(p).stat().st_size, Path(p).stat().st_mtime_ns] if Path(p).is_file() else [])]
+            for name, p in sorted(files.items())
+        }
 
     return {"prediction": stamp(pred_files), "reference": stamp(gt_files), "empty": empty}
 

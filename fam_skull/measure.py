@@ -33,12 +33,30 @@ class FlatnessReport:
     per_case: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "layer": self.layer, "objective": self.objective, "kappa": self.kappa, "ci95": list(self.ci95), "n": len(self.per_case), "per_case": self.per_case}
+        return {
+            "method": self.method,
+            "layer": self.layer,
+            "objective": self.objective,
+            "kappa": self.kappa,
+            "ci95": list(self.ci95),
+            "n": len(self.per_case),
+            "per_case": self.per_case,
+        }
 
 
-def measure_flatness(run: str | Path, data: str | Path, *, roles=("train",), probes: int = 4, max_cases: int | None = None,
-                     checkpoint: str = "best", seed: int = 0, output: str | Path | None = None, quiet: bool = False,
-                     objective: str = "kappa") -> FlatnessReport:
+def measure_flatness(
+    run: str | Path,
+    data: str | Path,
+    *,
+    roles=("train",),
+    probes: int = 4,
+    max_cases: int | None = None,
+    checkpoint: str = "best",
+    seed: int = 0,
+    output: str | Path | None = None,
+    quiet: bool = False,
+    objective: str = "kappa",
+) -> FlatnessReport:
     """kappa (not scaled by (2m)^-1; ``objective="fisher"``: kappa_F of the Gauss-Newton matrix) of the run's FAM
     layer (``fam.layer``, default the bottleneck) over the ``roles`` cases of a manifest, one case per batch,
     ``probes`` Hutchinson probes per case."""
@@ -55,12 +73,27 @@ def measure_flatness(run: str | Path, data: str | Path, *, roles=("train",), pro
     generator = torch.Generator().manual_seed(seed)
     per_case = {}
     for item in tqdm(Dataset(entries, transforms()), total=len(entries), desc="flatness", unit="case", disable=quiet):
-        kappa = relative_flatness(model, config.fam.layer, loss_fn, item["image"][None], item[config.model.target][None], probes=probes, generator=generator,
-                                   objective=objective)
+        kappa = relative_flatness(
+            model,
+            config.fam.layer,
+            loss_fn,
+            item["image"][None],
+            item[config.model.target][None],
+            probes=probes,
+            generator=generator,
+            objective=objective,
+        )
         per_case[item["id"]] = float(kappa.detach())
     values = np.array(list(per_case.values()))
     half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    report = FlatnessReport(method_label(config), config.fam.layer, objective, float(values.mean()), (float(values.mean() - half), float(values.mean() + half)), per_case)
+    report = FlatnessReport(
+        method_label(config),
+        config.fam.layer,
+        objective,
+        float(values.mean()),
+        (float(values.mean() - half), float(values.mean() + half)),
+        per_case,
+    )
     if output is not None:
         atomic_write_text(output, json.dumps(report.to_dict(), indent=1))
     return report

@@ -145,4 +145,3 @@ def implant_scores(implant, truth, defective, spacing=None) -> dict:
     implant, truth, defective = _as_mask(implant, "implant"), _as_mask(truth, "reference"), _as_mask(defective, "defective")
     scores = compute_metrics(implant, truth, spacing)
     return {"implant_dsc": scores["dsc"], "implant_hd95": scores["hd95"], "skull_dsc": dice(implant | defective, truth | defective)}
-

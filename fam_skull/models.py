@@ -83,9 +83,18 @@ def network_spec(
     if len(strides) != needed:
         what = "len(channels) - 1" if name == "unet" else "one entry per channel"
         raise ValueError(f"model.strides needs {what} = {needed} entries, got {len(strides)}")
-    spec = {"_target_": NETWORKS[name], "spatial_dims": 3, "in_channels": in_channels, "out_channels": out_channels,
-            "channels": list(channels), "strides": list(strides), "num_res_units": num_res_units, "norm": norm, "act": act,
-            "dropout": dropout}
+    spec = {
+        "_target_": NETWORKS[name],
+        "spatial_dims": 3,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "channels": list(channels),
+        "strides": list(strides),
+        "num_res_units": num_res_units,
+        "norm": norm,
+        "act": act,
+        "dropout": dropout,
+    }
     if name == "linear_ae":
         spec |= {"spatial_size": list(spatial_size), "latent_size": latent_size}
     return spec

@@ -54,8 +54,15 @@ class SkullMetric(CumulativeIterationMetric):
 
     METRICS = ("dsc", "hd", "hd95", "assd", "bdsc")
 
-    def __init__(self, metric: str, include_background: bool = False, reduction: MetricReduction | str = MetricReduction.MEAN,
-                 get_not_nans: bool = False, empty: str = "diagonal", boundary_mm: float = 10.0) -> None:
+    def __init__(
+        self,
+        metric: str,
+        include_background: bool = False,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+        empty: str = "diagonal",
+        boundary_mm: float = 10.0,
+    ) -> None:
         super().__init__()
         if metric not in self.METRICS:
             raise ValueError(f"metric must be one of {', '.join(self.METRICS)}, got {metric!r}")
@@ -64,10 +71,13 @@ class SkullMetric(CumulativeIterationMetric):
         self.metric, self.include_background, self.reduction = metric, include_background, reduction
         self.get_not_nans, self.empty, self.boundary_mm = get_not_nans, empty, boundary_mm
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, spacing=None, defective: torch.Tensor | None = None,
-                        **kwargs) -> torch.Tensor:
+    def _compute_tensor(
+        self, y_pred: torch.Tensor, y: torch.Tensor, spacing=None, defective: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         if y_pred.ndim != 5 or y_pred.shape != y.shape:
-            raise ValueError(f"expected batch-first 3D tensors of one shape (B, C, X, Y, Z), got {tuple(y_pred.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"expected batch-first 3D tensors of one shape (B, C, X, Y, Z), got {tuple(y_pred.shape)} and {tuple(y.shape)}"
+            )
         if self.metric == "bdsc" and defective is None:
             raise ValueError("bdsc needs the defective skull: call with defective=(B, 1, X, Y, Z) tensor")
         spacings = _spacings(spacing, y_pred, y_pred.shape[0])
@@ -78,8 +88,14 @@ class SkullMetric(CumulativeIterationMetric):
         out = torch.empty(pred.shape[:2], dtype=torch.float64)
         for b in range(pred.shape[0]):
             for c in range(pred.shape[1]):
-                scores = compute_metrics(pred[b, c], ref[b, c], spacings[b], defective=None if skull is None else skull[b, 0],
-                                         empty=self.empty, boundary_mm=self.boundary_mm)
+                scores = compute_metrics(
+                    pred[b, c],
+                    ref[b, c],
+                    spacings[b],
+                    defective=None if skull is None else skull[b, 0],
+                    empty=self.empty,
+                    boundary_mm=self.boundary_mm,
+                )
                 out[b, c] = scores[self.metric]
         return out
 

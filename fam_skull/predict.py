@@ -136,18 +136,27 @@ def _cases(opts: PredictOptions, grid) -> list[dict]:
     if opts.manifest is not None:
         manifest = Manifest.load(opts.manifest)
         if tuple(manifest.data["grid"]) != tuple(grid):
-            raise ValueError(f"{manifest.path}: grid {manifest.data['grid']} differs from the run's {list(grid)}; prepare the data on the run's grid")
+            raise ValueError(
+                f"{manifest.path}: grid {manifest.data['grid']} differs from the run's {list(grid)}; prepare the data on the run's grid"
+            )
         for case in manifest.role(*opts.roles):
+
             def load(case=case, manifest=manifest):
                 layout = Layout.from_dict(case["layout"])
                 defective_grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
                 original = case.get("original", {}).get("defective")
                 canonical = layout.canonical_array(read_image(manifest.root / original)) != 0 if original else None
                 return defective_grid, layout, canonical
+
             out.append({"id": case["id"], "source": case["id"], "load": load})
     for path in opts.files:
-        out.append({"id": safe_id(stem(Path(path))), "source": str(path),
-                    "load": lambda path=Path(path): load_file(path, grid, opts.input_kind, opts.threshold)})
+        out.append(
+            {
+                "id": safe_id(stem(Path(path))),
+                "source": str(path),
+                "load": lambda path=Path(path): load_file(path, grid, opts.input_kind, opts.threshold),
+            }
+        )
     return out
 
 
@@ -164,8 +173,9 @@ def load_file(path: Path, grid, input_kind: str = "auto", threshold: float = BON
     return layout.to_grid(canonical), layout, canonical
 
 
-def coarse_implant(model, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray, device, roi_size=None,
-                   min_component_mm3: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+def coarse_implant(
+    model, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray, device, roi_size=None, min_component_mm3: float = 100.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The defective skull and the coarse network's implant, both in the original geometry (x, y, z arrays).
 
     The implant is separated from the input on the grid (where input and output align exactly) and then
@@ -240,8 +250,16 @@ def _predict(opts: PredictOptions) -> PredictResult:
     weights = ";".join(f"{c.resolve()}:{c.stat().st_size}:{c.stat().st_mtime_ns}" for c in checkpoints) + f";{stage}"
     if index.get("weights") != weights:  # a retrained or another checkpoint or stage: earlier predictions are stale
         index["cases"] = {}
-    index.update({"run": str(Path(opts.run).resolve()), "checkpoint": str(ckpt), "weights": weights, "stage": stage,
-                  "method": method_label(config), "config": yaml.safe_load(config.to_yaml())})
+    index.update(
+        {
+            "run": str(Path(opts.run).resolve()),
+            "checkpoint": str(ckpt),
+            "weights": weights,
+            "stage": stage,
+            "method": method_label(config),
+            "config": yaml.safe_load(config.to_yaml()),
+        }
+    )
     done = index["cases"]
     failed = index["failed"] = []
     cases = _cases(opts, grid)
@@ -261,8 +279,9 @@ def _predict(opts: PredictOptions) -> PredictResult:
             else:
                 defective = to_array(layout.to_original(canonical)) != 0
                 probability = scan_probability(model, defective_grid, layout, canonical, device)
-                refined = refine_implant(refiner, canonical, probability, layout.canonical.spacing, config.refine.patch,
-                                         config.refine.margin_mm, device)
+                refined = refine_implant(
+                    refiner, canonical, probability, layout.canonical.spacing, config.refine.patch, config.refine.margin_mm, device
+                )
                 added = to_array(layout.to_original(refined)) != 0
                 implant = clean_implant(added & ~defective, layout.original.spacing, opts.min_component_mm3)
             files = write_case(output, cid, defective, implant, layout, opts.stl)

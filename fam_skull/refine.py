@@ -55,8 +55,16 @@ def scan_probability(model: torch.nn.Module, defective_grid: np.ndarray, layout:
 
 
 @torch.no_grad()
-def refine_implant(model: torch.nn.Module, defective: np.ndarray, probability: np.ndarray, spacing, patch, margin_mm: float,
-                   device, box: tuple[slice, ...] | None = None) -> np.ndarray:
+def refine_implant(
+    model: torch.nn.Module,
+    defective: np.ndarray,
+    probability: np.ndarray,
+    spacing,
+    patch,
+    margin_mm: float,
+    device,
+    box: tuple[slice, ...] | None = None,
+) -> np.ndarray:
     """The refined implant (bool, canonical array at the scan's resolution).
 
     Args:
@@ -83,14 +91,21 @@ def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device) -
         ManifestError: the case has no volumes in the original geometry (prepared with ``--no-refine-data``).
     """
     if "original" not in case:
-        raise ManifestError(f"{manifest.path}: case {case['id']} has no volumes at the scan's resolution; "
-                            "prepare again without --no-refine-data to train a refinement stage")
+        raise ManifestError(
+            f"{manifest.path}: case {case['id']} has no volumes at the scan's resolution; "
+            "prepare again without --no-refine-data to train a refinement stage"
+        )
     layout = Layout.from_dict(case["layout"])
     defective = layout.canonical_array(read_image(manifest.file(case, "original", "defective"))) != 0
     implant = layout.canonical_array(read_image(manifest.file(case, "original", "implant"))) != 0
     grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
-    return {"id": case["id"], "defective": defective, "implant": implant, "probability": scan_probability(coarse, grid, layout, defective, device),
-            "spacing": np.asarray(layout.canonical.spacing)}
+    return {
+        "id": case["id"],
+        "defective": defective,
+        "implant": implant,
+        "probability": scan_probability(coarse, grid, layout, defective, device),
+        "spacing": np.asarray(layout.canonical.spacing),
+    }
 
 
 def training_items(cases: list[dict], margin_mm: float) -> list[dict]:
@@ -108,12 +123,14 @@ def patch_augmentation(patch) -> Compose:
     """Patches of the box, half centred on implant voxels and half elsewhere (MONAI's positive/negative
     sampling), flipped left-right half the time."""
     keys = ("image", "implant")
-    return Compose([
-        SpatialPadd(keys, spatial_size=tuple(patch)),
-        RandCropByPosNegLabeld(keys, label_key="implant", spatial_size=tuple(patch), pos=1, neg=1, num_samples=1),
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-    ])
+    return Compose(
+        [
+            SpatialPadd(keys, spatial_size=tuple(patch)),
+            RandCropByPosNegLabeld(keys, label_key="implant", spatial_size=tuple(patch), pos=1, neg=1, num_samples=1),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )
 
 
 def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device, quiet: bool = True) -> list[dict]:

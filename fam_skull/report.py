@@ -56,13 +56,26 @@ def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant", colu
         sub = first["subset"]
         notes.append(
             f"- {SET_NAMES.get(s, s)} ({s}): {first['cases']} cases"
-            + (("; the (100) columns use " + (f"all {sub['size']} cases (fewer than 100)" if sub["all_cases"] else f"the {sub['rule']}"))
-               if subsets else "")
-            + ("; no failed cases" if not any(failed.values())
-               else "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items()))
+            + (
+                ("; the (100) columns use " + (f"all {sub['size']} cases (fewer than 100)" if sub["all_cases"] else f"the {sub['rule']}"))
+                if subsets
+                else ""
+            )
+            + (
+                "; no failed cases"
+                if not any(failed.values())
+                else "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items())
+            )
         )
-    md_text = "\n".join(md) + "\n\n" + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions)" + (
-        "; boundary DSC: within 10 mm of the defective skull" if any(m == "bdsc" for m, _ in columns) else "") + ".\n" + "\n".join(notes) + "\n"
+    md_text = (
+        "\n".join(md)
+        + "\n\n"
+        + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions)"
+        + ("; boundary DSC: within 10 mm of the defective skull" if any(m == "bdsc" for m, _ in columns) else "")
+        + ".\n"
+        + "\n".join(notes)
+        + "\n"
+    )
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -81,7 +94,11 @@ def per_case_csv(summaries: dict[str, dict]) -> str:
                 continue
             for target in ("implant", "complete"):
                 m = r[target]
-                writer.writerow([label, r["set"], r["case"], target] + [m.get(k, "") for k in ("dsc", "hd", "hd95", "assd", "bdsc")] + [m["empty"] or "", ""])
+                writer.writerow(
+                    [label, r["set"], r["case"], target]
+                    + [m.get(k, "") for k in ("dsc", "hd", "hd95", "assd", "bdsc")]
+                    + [m["empty"] or "", ""]
+                )
     return out.getvalue()
 
 
@@ -105,7 +122,9 @@ def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
     fig, axes = plt.subplots(2, len(sets), figsize=(4 + 2.2 * len(summaries) * len(sets), 7), squeeze=False)
     for j, s in enumerate(sets):
         for i, (metric, name) in enumerate((("dsc", "implant DSC"), ("hd95", "implant HD95 (mm)"))):
-            data = [[r["implant"][metric] for r in summ["metric_per_case"] if r["set"] == s and "error" not in r] for summ in summaries.values()]
+            data = [
+                [r["implant"][metric] for r in summ["metric_per_case"] if r["set"] == s and "error" not in r] for summ in summaries.values()
+            ]
             ax = axes[i, j]
             ax.boxplot([d if d else [np.nan] for d in data])
             ax.set_xticks(range(1, len(summaries) + 1), list(summaries), rotation=20, ha="right", fontsize=8)
@@ -147,8 +166,16 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    fig.legend(handles=[Patch(color=(0.6, 0.6, 0.6), label="defective skull"), Patch(color=(0.1, 0.8, 0.2), label="reference implant"),
-                        Line2D([], [], color="red", label="predicted implant (outline)")], loc="lower center", ncol=3, frameon=False)
+    fig.legend(
+        handles=[
+            Patch(color=(0.6, 0.6, 0.6), label="defective skull"),
+            Patch(color=(0.1, 0.8, 0.2), label="reference implant"),
+            Line2D([], [], color="red", label="predicted implant (outline)"),
+        ],
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+    )
     fig.suptitle(summary["method"])
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, path)
@@ -172,9 +199,23 @@ def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, 
     box_plots(summaries, sets, output / "boxplots.png")
     for label, summary in summaries.items():
         overlays(summary, manifest, output / f"overlays_{slug(label)}.png")
-    lines = ["# Evaluation", "", "## Implants", "", (output / "table.md").read_text(), "## Implant quality", "",
-             (output / "table_quality.md").read_text(), "## Completed skulls", "",
-             (output / "table_complete.md").read_text(), "## Distributions", "", "![box plots](boxplots.png)", ""]
+    lines = [
+        "# Evaluation",
+        "",
+        "## Implants",
+        "",
+        (output / "table.md").read_text(),
+        "## Implant quality",
+        "",
+        (output / "table_quality.md").read_text(),
+        "## Completed skulls",
+        "",
+        (output / "table_complete.md").read_text(),
+        "## Distributions",
+        "",
+        "![box plots](boxplots.png)",
+        "",
+    ]
     for label in summaries:
         lines += [f"### {label}", "", f"![overlays](overlays_{slug(label)}.png)", ""]
     atomic_write_text(output / "report.md", "\n".join(lines))

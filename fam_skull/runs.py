@@ -27,8 +27,16 @@ def model_from_config(config: Config, grid) -> torch.nn.Module:
     m = config.model
     try:
         return build_model(
-            m.name, in_channels=2 if config.stage == "refine" else 1, channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=m.norm,
-            act=m.act, dropout=m.dropout, latent_size=m.latent_size, spatial_size=grid,
+            m.name,
+            in_channels=2 if config.stage == "refine" else 1,
+            channels=m.channels,
+            strides=m.strides,
+            num_res_units=m.num_res_units,
+            norm=m.norm,
+            act=m.act,
+            dropout=m.dropout,
+            latent_size=m.latent_size,
+            spatial_size=grid,
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
@@ -62,5 +70,3 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     model = model_from_config(config, grid)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, grid, path
-
-

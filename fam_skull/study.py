@@ -56,8 +56,11 @@ def paired_differences(runs: list[StudyRun], reference: str, sets) -> list[dict]
         common = sorted(set(seeds) & set(by_arm[reference]))
         for s in sets:
             for metric, _, _ in METRICS:
-                diffs = [seeds[k].summary["sets"][s]["implant"][metric]["all"]["mean"]
-                         - by_arm[reference][k].summary["sets"][s]["implant"][metric]["all"]["mean"] for k in common]
+                diffs = [
+                    seeds[k].summary["sets"][s]["implant"][metric]["all"]["mean"]
+                    - by_arm[reference][k].summary["sets"][s]["implant"][metric]["all"]["mean"]
+                    for k in common
+                ]
                 n = len(diffs)
                 mean = float(np.mean(diffs)) if n else float("nan")
                 half = float(stats.t.ppf(0.975, n - 1) * np.std(diffs, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
@@ -67,9 +70,20 @@ def paired_differences(runs: list[StudyRun], reference: str, sets) -> list[dict]
                 a = np.array([np.mean([c[i] for c in arm_cases]) for i in cases])
                 b = np.array([np.mean([c[i] for c in ref_cases]) for i in cases])
                 p = float(stats.wilcoxon(a, b).pvalue) if len(cases) > 1 and np.any(a != b) else float("nan")
-                rows.append({"arm": arm, "set": s, "metric": metric, "seeds": n, "difference": mean, "ci_low": mean - half,
-                             "ci_high": mean + half, "cases": len(cases), "wilcoxon_p": p,
-                             "cases_better": float(np.mean(a > b) if metric == "dsc" else np.mean(a < b)) if len(cases) else float("nan")})
+                rows.append(
+                    {
+                        "arm": arm,
+                        "set": s,
+                        "metric": metric,
+                        "seeds": n,
+                        "difference": mean,
+                        "ci_low": mean - half,
+                        "ci_high": mean + half,
+                        "cases": len(cases),
+                        "wilcoxon_p": p,
+                        "cases_better": float(np.mean(a > b) if metric == "dsc" else np.mean(a < b)) if len(cases) else float("nan"),
+                    }
+                )
     return rows
 
 
@@ -83,8 +97,9 @@ def flatness_on_sets(runs: list[StudyRun], manifest: Path, sets, max_cases: int,
                 if path.is_file():
                     value = json.loads(path.read_text())["kappa"]
                 else:
-                    value = measure_flatness(r.folder, manifest, roles=(s,), probes=probes, max_cases=max_cases, output=path,
-                                             quiet=True, objective=objective).kappa
+                    value = measure_flatness(
+                        r.folder, manifest, roles=(s,), probes=probes, max_cases=max_cases, output=path, quiet=True, objective=objective
+                    ).kappa
                 rows.append({"arm": r.arm, "seed": r.seed, "set": s, "objective": objective, "value": value})
     return rows
 
@@ -100,7 +115,7 @@ def step_time_ratios(runs: list[StudyRun], reference: str) -> dict[str, float]:
     times: dict[str, list[float]] = {}
     for r in runs:
         rows = _history(r.folder)
-        times.setdefault(r.arm, []).append(float(np.mean([float(h["step_time"]) for h in rows[len(rows) // 2:]])))
+        times.setdefault(r.arm, []).append(float(np.mean([float(h["step_time"]) for h in rows[len(rows) // 2 :]])))
     base = min(times[reference])
     return {arm: float(min(t) / base) for arm, t in times.items()}
 
@@ -153,8 +168,14 @@ def _curves(runs: list[StudyRun], path: Path) -> None:
                         points.setdefault(int(h["epoch"]), []).append(float(h[key]))
             if points:
                 epochs = sorted(points)
-                ax.plot(epochs, [np.mean(points[e]) for e in epochs], marker="o" if key != "kappa" else None,
-                        markersize=3, color=colours(k % 10), label=arm)
+                ax.plot(
+                    epochs,
+                    [np.mean(points[e]) for e in epochs],
+                    marker="o" if key != "kappa" else None,
+                    markersize=3,
+                    color=colours(k % 10),
+                    label=arm,
+                )
     axes[0].set(title="validation implant DSC (mean over seeds)", xlabel="epoch", ylabel="DSC")
     axes[1].set(title="regularizer on training batches (each arm's own objective)", xlabel="epoch", ylabel="value (symlog)")
     axes[1].set_yscale("symlog", linthresh=1e-3)
@@ -169,8 +190,9 @@ def _fmt(value: float, digits: int = 4) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:+.{digits}f}"
 
 
-def write_study(runs: list[StudyRun], reference: str, manifest: Path, sets, output: Path, *, flatness_cases: int = 20,
-                flatness_probes: int = 1) -> str:
+def write_study(
+    runs: list[StudyRun], reference: str, manifest: Path, sets, output: Path, *, flatness_cases: int = 20, flatness_probes: int = 1
+) -> str:
     """Write the study's tables and figures into ``output``; returns the Markdown."""
     output.mkdir(parents=True, exist_ok=True)
     diffs = paired_differences(runs, reference, sets)
@@ -186,22 +208,36 @@ def write_study(runs: list[StudyRun], reference: str, manifest: Path, sets, outp
         _forest(diffs, sets, output / "study_forest.png")
     _curves(runs, output / "study_curves.png")
     seeds = sorted({r.seed for r in runs})
-    lines = [f"## Study against {reference!r} ({len(seeds)} seeds: {seeds})", "",
-             "Paired differences (arm minus reference), mean over seeds with a 95% t-interval over seeds; p: Wilcoxon "
-             "signed-rank test over cases (each case's score averaged over seeds); 'cases better': share of cases where "
-             "the arm beats the reference.", "",
-             "| arm | set | metric | difference | 95% interval | cases | p (per case) | cases better |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Study against {reference!r} ({len(seeds)} seeds: {seeds})",
+        "",
+        "Paired differences (arm minus reference), mean over seeds with a 95% t-interval over seeds; p: Wilcoxon "
+        "signed-rank test over cases (each case's score averaged over seeds); 'cases better': share of cases where "
+        "the arm beats the reference.",
+        "",
+        "| arm | set | metric | difference | 95% interval | cases | p (per case) | cases better |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in diffs:
         digits = 4 if r["metric"] == "dsc" else 3
         interval = "n/a" if not np.isfinite(r["ci_low"]) else f"[{_fmt(r['ci_low'], digits)}, {_fmt(r['ci_high'], digits)}]"
         p = "n/a" if not np.isfinite(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.3g}"
-        lines.append(f"| {r['arm']} | {r['set']} | {r['metric']} | {_fmt(r['difference'], digits)} | {interval} | {r['cases']} | {p} | "
-                     f"{r['cases_better']:.0%} |")
-    lines += ["", "![paired differences](study_forest.png)", "", "### Flatness of the bottleneck off the training set", "",
-              f"kappa (Hessian) and kappa_F (Gauss-Newton) of each arm's bottleneck on the first {flatness_cases} cases of each "
-              "evaluation set, mean over seeds (`fam-skull flatness`); kappa is not scaled by (2m)^-1.", "",
-              "| arm | " + " | ".join(f"{s}: kappa | {s}: kappa_F" for s in sets) + " | step time x reference |",
-              "|---|" + "---|---|" * len(sets) + "---|"]
+        lines.append(
+            f"| {r['arm']} | {r['set']} | {r['metric']} | {_fmt(r['difference'], digits)} | {interval} | {r['cases']} | {p} | "
+            f"{r['cases_better']:.0%} |"
+        )
+    lines += [
+        "",
+        "![paired differences](study_forest.png)",
+        "",
+        "### Flatness of the bottleneck off the training set",
+        "",
+        f"kappa (Hessian) and kappa_F (Gauss-Newton) of each arm's bottleneck on the first {flatness_cases} cases of each "
+        "evaluation set, mean over seeds (`fam-skull flatness`); kappa is not scaled by (2m)^-1.",
+        "",
+        "| arm | " + " | ".join(f"{s}: kappa | {s}: kappa_F" for s in sets) + " | step time x reference |",
+        "|---|" + "---|---|" * len(sets) + "---|",
+    ]
     for arm in dict.fromkeys(r.arm for r in runs):
         cells = []
         for s in sets:

@@ -26,11 +26,11 @@ from data_prep.manifest import Manifest
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge
 from fam_skull.evaluate import EvaluateOptions, evaluate, slug
-from fam_skull.predict import PredictOptions, predict
-from fam_skull.runs import method_label
 from fam_skull.fam.sam import DEFAULT_RHO
-from fam_skull.study import StudyRun, write_study
+from fam_skull.predict import PredictOptions, predict
 from fam_skull.report import QUALITY, paper_table
+from fam_skull.runs import method_label
+from fam_skull.study import StudyRun, write_study
 from fam_skull.train import train
 
 log = logging.getLogger("fam_skull.sweep")
@@ -154,14 +154,26 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
         if cfg.stage == "coarse":
             coarse.append(name)
         _train_or_resume(cfg, run_dir, quiet)
-        predict(PredictOptions(run=run_dir, output=run_dir / "predictions", manifest=manifest.path, roles=tuple(config.sets),
-                               checkpoint=config.checkpoint, min_component_mm3=config.min_component_mm3, quiet=quiet))
+        predict(
+            PredictOptions(
+                run=run_dir,
+                output=run_dir / "predictions",
+                manifest=manifest.path,
+                roles=tuple(config.sets),
+                checkpoint=config.checkpoint,
+                min_component_mm3=config.min_component_mm3,
+                quiet=quiet,
+            )
+        )
         labels[name] = (label, seed)
         folders[name] = run_dir / "predictions"
     multi_seed = len(config.seeds) > 1
     names = {name: (f"{label}, seed {seed}" if multi_seed else label) for name, (label, seed) in labels.items()}
-    result = evaluate(EvaluateOptions([f"{names[n]}={folders[n]}" for n in names], manifest.path, out / "report",
-                                      tuple(config.sets), config.subset, quiet=quiet))
+    result = evaluate(
+        EvaluateOptions(
+            [f"{names[n]}={folders[n]}" for n in names], manifest.path, out / "report", tuple(config.sets), config.subset, quiet=quiet
+        )
+    )
     grouped: dict[str, list] = {}
     for name, (label, _) in labels.items():
         grouped.setdefault(label, []).append(result.summaries[names[name]])

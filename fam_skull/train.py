@@ -36,9 +36,9 @@ from fam_skull.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
 from fam_skull.fam.flatness import resolve_layer
+from fam_skull.fam.regularizer import FAMRegularizer
 from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
-from fam_skull.fam.regularizer import FAMRegularizer
 from fam_skull.report import save_figure
 from fam_skull.runs import build_loss, load_run, model_from_config
 from fam_skull.step import Stepper
@@ -210,9 +210,24 @@ def _write_metrics(history: list[dict], path: Path) -> None:
 
 
 # Keys a resumed run may change; the others shape the model, the data or the optimizer state in the checkpoint.
-RESUMABLE = ("train.epochs", "train.val_every", "train.save_epochs", "train.threads", "train.device", "train.amp",
-             "train.max_nonfinite", "train.max_weight", "data.num_workers", "data.cache", "optim.lr", "optim.weight_decay",
-             "fam.lam", "fam.every", "fam.probes", "sam.rho")
+RESUMABLE = (
+    "train.epochs",
+    "train.val_every",
+    "train.save_epochs",
+    "train.threads",
+    "train.device",
+    "train.amp",
+    "train.max_nonfinite",
+    "train.max_weight",
+    "data.num_workers",
+    "data.cache",
+    "optim.lr",
+    "optim.weight_decay",
+    "fam.lam",
+    "fam.every",
+    "fam.probes",
+    "sam.rho",
+)
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -235,8 +250,10 @@ def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path
         before, after = _flat(load_config(run / "config.yaml").to_dict()), _flat(load_config(run / "config.yaml", overrides).to_dict())
         fixed = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in after if after[k] != before[k] and k not in RESUMABLE]
         if fixed:
-            raise ConfigError(f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
-                              f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}")
+            raise ConfigError(
+                f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
+                f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}"
+            )
         return load_config(run / "config.yaml", overrides), run
     if isinstance(config, Config):
         return config, Path(config.output)
@@ -262,8 +279,10 @@ class Trainer:
         spaces = ("grid", "original") if cfg.stage == "refine" else ("grid",)
         missing = [m for space in spaces for m in manifest.missing(("train", "val"), space)]
         if missing:
-            raise ConfigError(f"data.manifest: {len(missing)} volume(s) it names are missing, e.g. {missing[0]}; "
-                              f"prepare the dataset again into {manifest.root}")
+            raise ConfigError(
+                f"data.manifest: {len(missing)} volume(s) it names are missing, e.g. {missing[0]}; "
+                f"prepare the dataset again into {manifest.root}"
+            )
         if cfg.data.batch_size % self.world:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {self.world} processes")
         self.device = _device(cfg, local_rank)
@@ -284,25 +303,52 @@ class Trainer:
             self.train_ds = dataset(manifest, "train", cfg.data.cache)
             a = cfg.augment
             if a.fresh_defect or a.flip or a.affine:
-                augmentation = training_augmentation(augmentation_kinds(cfg, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale)
+                augmentation = training_augmentation(
+                    augmentation_kinds(cfg, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale
+                )
                 self.train_ds = EpochSeededDataset(self.train_ds, augmentation, cfg.train.seed)
             self.val_ds = dataset(manifest, "val", cfg.data.cache) if validating else None
-        self.train_loader = loader(self.train_ds, cfg.data.batch_size // self.world, shuffle=True, seed=cfg.train.seed,
-                                   rank=self.rank, world=self.world, num_workers=cfg.data.num_workers)
+        self.train_loader = loader(
+            self.train_ds,
+            cfg.data.batch_size // self.world,
+            shuffle=True,
+            seed=cfg.train.seed,
+            rank=self.rank,
+            world=self.world,
+            num_workers=cfg.data.num_workers,
+        )
         net = self.model
         if self.world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.net = net
         self.optimizer = _optimizer(cfg, self.model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
         self.regularizer = None
         if cfg.method == "fam":
             f = cfg.fam
-            self.regularizer = FAMRegularizer(net, f.layer, f.lam, estimator=f.estimator, probes=f.probes, every=f.every,
-                                              scale_lambda=f.scale_lambda, warmup_steps=f.warmup_steps, seed=cfg.train.seed,
-                                              objective=f.objective)
-        self.stepper = Stepper(net, build_loss(cfg), self.optimizer, cfg.method, regularizer=self.regularizer,
-                               sam_rho=cfg.sam.rho, amp=cfg.train.amp and self.device.type == "cuda")
+            self.regularizer = FAMRegularizer(
+                net,
+                f.layer,
+                f.lam,
+                estimator=f.estimator,
+                probes=f.probes,
+                every=f.every,
+                scale_lambda=f.scale_lambda,
+                warmup_steps=f.warmup_steps,
+                seed=cfg.train.seed,
+                objective=f.objective,
+            )
+        self.stepper = Stepper(
+            net,
+            build_loss(cfg),
+            self.optimizer,
+            cfg.method,
+            regularizer=self.regularizer,
+            sam_rho=cfg.sam.rho,
+            amp=cfg.train.amp and self.device.type == "cuda",
+        )
         self.start_epoch, self.best, self.best_epoch, self.history = 1, -1.0, 0, []
         self.nonfinite = 0
         self.resumed = resume
@@ -313,8 +359,10 @@ class Trainer:
                 raise
             except (KeyError, RuntimeError, ValueError, TypeError) as e:  # load_state_dict's messages run to pages
                 reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                raise CheckpointError(f"{self.ckpt_dir / 'last.pt'}: does not fit this run's config.yaml (missing entry or "
-                                      f"another model: {reason}); resume it with its own config or start a new run") from None
+                raise CheckpointError(
+                    f"{self.ckpt_dir / 'last.pt'}: does not fit this run's config.yaml (missing entry or "
+                    f"another model: {reason}); resume it with its own config or start a new run"
+                ) from None
         self._handler = self._writer = None
 
     def _refine_data(self, manifest: Manifest, validating: bool) -> None:
@@ -342,8 +390,10 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{self.ckpt_dir / 'last.pt'}: checkpoint format {state.get('format')!r}, this version resumes "
-                                  f"{CHECKPOINT_FORMAT!r}; start a new run (predict still reads the old one)")
+            raise CheckpointError(
+                f"{self.ckpt_dir / 'last.pt'}: checkpoint format {state.get('format')!r}, this version resumes "
+                f"{CHECKPOINT_FORMAT!r}; start a new run (predict still reads the old one)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -355,7 +405,12 @@ class Trainer:
         if self.regularizer is not None and state.get("regularizer"):
             self.regularizer.load_state_dict(state["regularizer"])
         _set_rng_state(state["rng"])
-        self.start_epoch, self.best, self.best_epoch, self.history = state["epoch"] + 1, state["best_implant_dsc"], state["best_epoch"], state["history"]
+        self.start_epoch, self.best, self.best_epoch, self.history = (
+            state["epoch"] + 1,
+            state["best_implant_dsc"],
+            state["best_epoch"],
+            state["history"],
+        )
 
     def _state(self, epoch: int) -> dict:
         return {
@@ -384,9 +439,18 @@ class Trainer:
         log.addHandler(self._handler)
         purge = (self.start_epoch - 1) * len(self.train_loader) or None
         self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
-        log.info("%s %s: %d train / %d val cases, grid %s, %s, %d process(es), epochs %d-%d",
-                 "resuming" if self.resumed else "starting", self.run_dir, len(self.train_ds), len(self.val_ds or []),
-                 self.grid, self.device, self.world, self.start_epoch, self.cfg.train.epochs)
+        log.info(
+            "%s %s: %d train / %d val cases, grid %s, %s, %d process(es), epochs %d-%d",
+            "resuming" if self.resumed else "starting",
+            self.run_dir,
+            len(self.train_ds),
+            len(self.val_ds or []),
+            self.grid,
+            self.device,
+            self.world,
+            self.start_epoch,
+            self.cfg.train.epochs,
+        )
 
     def _close(self) -> None:
         if self._writer is not None:
@@ -407,7 +471,9 @@ class Trainer:
         losses, task_losses, kappas = [], [], []
         steps = skipped = 0
         wait = busy = 0.0
-        bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}/{self.cfg.train.epochs}", disable=self.quiet or self.rank != 0, leave=False)
+        bar = tqdm(
+            total=len(self.train_loader), desc=f"epoch {epoch}/{self.cfg.train.epochs}", disable=self.quiet or self.rank != 0, leave=False
+        )
         t0 = time.perf_counter()
         for batch in self.train_loader:
             t1 = time.perf_counter()
@@ -458,17 +524,23 @@ class Trainer:
 
     def _non_finite(self, epoch: int, step: int, result) -> None:
         self.nonfinite += 1
-        log.warning("epoch %d step %d: non-finite loss %s / kappa %s or gradient, step skipped", epoch, step, result.task_loss, result.kappa)
+        log.warning(
+            "epoch %d step %d: non-finite loss %s / kappa %s or gradient, step skipped", epoch, step, result.task_loss, result.kappa
+        )
         if self.nonfinite >= self.cfg.train.max_nonfinite:
-            raise TrainingError(f"{self.nonfinite} non-finite steps in a row (epoch {epoch}); lower optim.lr or fam.lam; {self._last_good()}")
+            raise TrainingError(
+                f"{self.nonfinite} non-finite steps in a row (epoch {epoch}); lower optim.lr or fam.lam; {self._last_good()}"
+            )
 
     def _check_weights(self, epoch: int, step: int) -> None:
         """Stop before a diverged model is saved: a finite loss does not mean sane weights (a huge learning rate
         drives them to ~1e30 while the Dice loss stays finite)."""
         largest = _largest_weight(self.model)
         if not largest <= self.cfg.train.max_weight:
-            raise TrainingError(f"epoch {epoch} step {step}: a weight reached {largest:.3g} (train.max_weight "
-                                f"{self.cfg.train.max_weight:g}), training diverged; lower optim.lr or fam.lam; {self._last_good()}")
+            raise TrainingError(
+                f"epoch {epoch} step {step}: a weight reached {largest:.3g} (train.max_weight "
+                f"{self.cfg.train.max_weight:g}), training diverged; lower optim.lr or fam.lam; {self._last_good()}"
+            )
 
     def _end_epoch(self, epoch: int, row: dict) -> None:
         """Rank 0: validate, checkpoint (last, best, listed epochs), metrics, curves, TensorBoard, log line."""
@@ -497,10 +569,18 @@ class Trainer:
         def fmt(value, spec):
             return "-" if value is None else format(value, spec)
 
-        log.info("epoch %d: loss %s, task %s, kappa %s, val implant DSC %s HD95 %s mm, %.3f s/step, data wait %.1f%%%s",
-                 epoch, fmt(row["loss"], ".4f"), fmt(row["task_loss"], ".4f"), fmt(row["kappa"], ".4g"),
-                 fmt(row["val_implant_dsc"], ".4f"), fmt(row["val_implant_hd95"], ".2f"),
-                 row["step_time"], 100 * row["data_wait_share"], f", {row['skipped_steps']} skipped" if row["skipped_steps"] else "")
+        log.info(
+            "epoch %d: loss %s, task %s, kappa %s, val implant DSC %s HD95 %s mm, %.3f s/step, data wait %.1f%%%s",
+            epoch,
+            fmt(row["loss"], ".4f"),
+            fmt(row["task_loss"], ".4f"),
+            fmt(row["kappa"], ".4g"),
+            fmt(row["val_implant_dsc"], ".4f"),
+            fmt(row["val_implant_hd95"], ".2f"),
+            row["step_time"],
+            100 * row["data_wait_share"],
+            f", {row['skipped_steps']} skipped" if row["skipped_steps"] else "",
+        )
 
     def run(self) -> TrainResult:
         """Train from the first unfinished epoch to ``train.epochs``.

@@ -97,8 +97,11 @@ def training_augmentation(
         steps.append(RandFlipd(MASKS, prob=flip, spatial_axis=0))
     if affine > 0:
         angle = np.deg2rad(rotate_deg)
-        steps.append(RandAffined(MASKS, prob=affine, rotate_range=(angle, angle, angle), scale_range=(scale,) * 3,
-                                 mode="nearest", padding_mode="zeros"))
+        steps.append(
+            RandAffined(
+                MASKS, prob=affine, rotate_range=(angle, angle, angle), scale_range=(scale,) * 3, mode="nearest", padding_mode="zeros"
+            )
+        )
     steps.append(EnsureTyped(MASKS, dtype=torch.float32, track_meta=False))  # plain tensors for the network
     return Compose(steps)
 

@@ -35,8 +35,19 @@ def skulls():
 def manifest(tmp_path_factory):
     """Six synthetic skulls at 32x32x16 (their original space 48x48x24): 4 train, 1 val, 1 evaluation skull."""
     out = tmp_path_factory.mktemp("data")
-    prepare(PrepareOptions(out, synthetic=6, synthetic_shape=(48, 48, 24), grid=(32, 32, 16), defects=("sphere", "bilateral"),
-                           shift_defects=("random",), val_fraction=0.2, eval_fraction=0.2, quiet=True))
+    prepare(
+        PrepareOptions(
+            out,
+            synthetic=6,
+            synthetic_shape=(48, 48, 24),
+            grid=(32, 32, 16),
+            defects=("sphere", "bilateral"),
+            shift_defects=("random",),
+            val_fraction=0.2,
+            eval_fraction=0.2,
+            quiet=True,
+        )
+    )
     return out / "manifest.json"
 
 

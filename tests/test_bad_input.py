@@ -53,10 +53,21 @@ def _bad_files(root: Path, skull) -> Path:
     write_volume(root / "nan.nii.gz", nan, spacing)  # SimpleITK reads NaN in NIfTI as 0
     write_volume(root / "small.nrrd", defective[:-4].astype(np.uint8), spacing)
     write_volume(root / "shifted.nrrd", defective.astype(np.uint8), spacing, origin=(5.0, 0.0, 0.0))
-    rows = [("ok", "good_defective.nrrd"), ("garbled", "garbage.nrrd"), ("cut", "truncated.nrrd"), ("cutgz", "truncated.nii.gz"),
-            ("cutnii", "truncated.nii"), ("twod", "flat.nrrd"), ("fourd", "fourd.nii.gz"), ("blank", "empty.nrrd"),
-            ("nans", "nan.nrrd"), ("nansgz", "nan.nii.gz"), ("mismatch", "small.nrrd"), ("moved", "shifted.nrrd"),
-            ("ok", "good_defective.nrrd")]
+    rows = [
+        ("ok", "good_defective.nrrd"),
+        ("garbled", "garbage.nrrd"),
+        ("cut", "truncated.nrrd"),
+        ("cutgz", "truncated.nii.gz"),
+        ("cutnii", "truncated.nii"),
+        ("twod", "flat.nrrd"),
+        ("fourd", "fourd.nii.gz"),
+        ("blank", "empty.nrrd"),
+        ("nans", "nan.nrrd"),
+        ("nansgz", "nan.nii.gz"),
+        ("mismatch", "small.nrrd"),
+        ("moved", "shifted.nrrd"),
+        ("ok", "good_defective.nrrd"),
+    ]
     lines = ["id,defective,complete"] + [f"{k},{v},{good.name}" for k, v in rows]
     lines += ["orphan,good_defective.nrrd,missing_complete.nrrd", "../escape,good_defective.nrrd,good_complete.nrrd"]
     (root / "pairs.csv").write_text("\n".join(lines) + "\n")
@@ -107,8 +118,26 @@ def test_names_that_collide_after_cleaning_keep_the_first_and_name_both(tmp_path
     for name in ("col b.nii.gz", "col_b.nii.gz", "dup.nii.gz", "dup.nrrd", "solo.nrrd"):
         write_volume(src / name, mask.astype(np.uint8), spacing)
     out = tmp_path / "out"
-    assert main(["prepare", str(out), "--complete", str(src), "--grid", GRID, "--defects", "sphere", "--eval-fraction", "0",
-                 "--val-fraction", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(out),
+                "--complete",
+                str(src),
+                "--grid",
+                GRID,
+                "--defects",
+                "sphere",
+                "--eval-fraction",
+                "0",
+                "--val-fraction",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ids = [c["id"] for c in Manifest.load(out).cases]
     assert sorted(ids) == ["col_b_sphere", "dup_sphere", "solo_sphere"]
     skipped = {s["file"].split("/")[-1]: s["reason"] for s in Manifest.load(out).data["skipped"]}
@@ -154,24 +183,133 @@ def _duplicate(data):
 
 # name -> (argv built from the test's folders, exit status, message pattern)
 REFUSALS = {
-    "grid of zeros": (lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--grid", "0,0,0"], 2, r"grid: three sizes x,y,z of at least 2 voxels, got 0,0,0"),
-    "grid of two sizes": (lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--grid", "32,32"], 2, r"grid: three sizes .* got 32,32"),
-    "grid beyond memory": (lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--grid", "5000,5000,5000"], 2, r"grid: 1\.25e\+11 voxels need about \d+ GiB per case, this machine has"),
-    "negative synthetic count": (lambda t: ["prepare", str(t["out"]), "--synthetic", "-3"], 2, r"synthetic: the number of skulls must be >= 1, got -3"),
-    "evaluation list file missing": (lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--eval1", "@" + str(t["tmp"] / "missing.txt")], 2, r"missing\.txt: cannot read the list"),
-    "prepare output is a file": (lambda t: ["prepare", str(t["file"]), "--synthetic", "2"], 2, r"output .*a_file\.txt: is a file, not a folder"),
-    "predict output is a file": (lambda t: ["predict", "--run", str(t["run"]), "--manifest", str(t["manifest"]), "--output", str(t["file"])], 2, r"a_file\.txt: is a file"),
-    "manifest id escapes": (lambda t: ["predict", "--run", str(t["run"]), "--manifest", str(_manifest_variant(t["tmp"], t["manifest"], _escape)), "--output", str(t["out"] / "a" / "b")], 2, r"case id '\.\./\.\./ESCAPED' is not a safe file name"),
-    "manifest id twice": (lambda t: ["predict", "--run", str(t["run"]), "--manifest", str(_manifest_variant(t["tmp"], t["manifest"], _duplicate)), "--output", str(t["out"])], 2, r"manifest\.json: case id 'synth\w+' appears twice"),
-    "manifest is a list": (lambda t: ["predict", "--run", str(t["run"]), "--manifest", str(_manifest_variant(t["tmp"], t["manifest"], lambda d: [d])), "--output", str(t["out"])], 2, r"manifest\.json: not a fam-skull manifest"),
-    "manifest without cases": (lambda t: ["predict", "--run", str(t["run"]), "--manifest", str(_manifest_variant(t["tmp"], t["manifest"], lambda d: {k: v for k, v in d.items() if k != "cases"})), "--output", str(t["out"])], 2, r"manifest\.json: 'cases' must be a list"),
-    "manifest names a missing volume": (lambda t: ["train", str(t["config"]), f"data.manifest={_manifest_variant(t['tmp'], t['manifest'], _drop_a_volume)}", f"output={t['out']}"], 2, r"data\.manifest: \d+ volume\(s\) it names are missing, e\.g\. case synth\w+ grid defective \(.*gone\.nii\.gz\)"),
-    "infinite learning rate": (lambda t: ["train", str(t["config"]), "optim.lr=.inf", f"output={t['out']}"], 2, r"optim\.lr: must be a finite number, got inf"),
-    "demo key misspelt": (lambda t: ["demo", "--output", str(t["out"]), "prepare.synthetc=6"], 2, r"unknown key prepare\.synthetc \(did you mean prepare\.synthetic\?\)"),
-    "evaluate output is a file": (lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["file"])], 2, r"a_file\.txt: is a file"),
-    "evaluate subset 0": (lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["out"]), "--subset", "0"], 2, r"subset: must be >= 1"),
-    "evaluate subset -1": (lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["out"]), "--subset", "-1"], 2, r"subset: must be >= 1"),
-    "broken predictions index": (lambda t: ["evaluate", str(t["broken"]), "--manifest", str(t["manifest"]), "--output", str(t["out"])], 2, r"broken/predictions\.json: not a readable JSON file"),
+    "grid of zeros": (
+        lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--grid", "0,0,0"],
+        2,
+        r"grid: three sizes x,y,z of at least 2 voxels, got 0,0,0",
+    ),
+    "grid of two sizes": (
+        lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--grid", "32,32"],
+        2,
+        r"grid: three sizes .* got 32,32",
+    ),
+    "grid beyond memory": (
+        lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--grid", "5000,5000,5000"],
+        2,
+        r"grid: 1\.25e\+11 voxels need about \d+ GiB per case, this machine has",
+    ),
+    "negative synthetic count": (
+        lambda t: ["prepare", str(t["out"]), "--synthetic", "-3"],
+        2,
+        r"synthetic: the number of skulls must be >= 1, got -3",
+    ),
+    "evaluation list file missing": (
+        lambda t: ["prepare", str(t["out"]), "--synthetic", "2", "--eval1", "@" + str(t["tmp"] / "missing.txt")],
+        2,
+        r"missing\.txt: cannot read the list",
+    ),
+    "prepare output is a file": (
+        lambda t: ["prepare", str(t["file"]), "--synthetic", "2"],
+        2,
+        r"output .*a_file\.txt: is a file, not a folder",
+    ),
+    "predict output is a file": (
+        lambda t: ["predict", "--run", str(t["run"]), "--manifest", str(t["manifest"]), "--output", str(t["file"])],
+        2,
+        r"a_file\.txt: is a file",
+    ),
+    "manifest id escapes": (
+        lambda t: [
+            "predict",
+            "--run",
+            str(t["run"]),
+            "--manifest",
+            str(_manifest_variant(t["tmp"], t["manifest"], _escape)),
+            "--output",
+            str(t["out"] / "a" / "b"),
+        ],
+        2,
+        r"case id '\.\./\.\./ESCAPED' is not a safe file name",
+    ),
+    "manifest id twice": (
+        lambda t: [
+            "predict",
+            "--run",
+            str(t["run"]),
+            "--manifest",
+            str(_manifest_variant(t["tmp"], t["manifest"], _duplicate)),
+            "--output",
+            str(t["out"]),
+        ],
+        2,
+        r"manifest\.json: case id 'synth\w+' appears twice",
+    ),
+    "manifest is a list": (
+        lambda t: [
+            "predict",
+            "--run",
+            str(t["run"]),
+            "--manifest",
+            str(_manifest_variant(t["tmp"], t["manifest"], lambda d: [d])),
+            "--output",
+            str(t["out"]),
+        ],
+        2,
+        r"manifest\.json: not a fam-skull manifest",
+    ),
+    "manifest without cases": (
+        lambda t: [
+            "predict",
+            "--run",
+            str(t["run"]),
+            "--manifest",
+            str(_manifest_variant(t["tmp"], t["manifest"], lambda d: {k: v for k, v in d.items() if k != "cases"})),
+            "--output",
+            str(t["out"]),
+        ],
+        2,
+        r"manifest\.json: 'cases' must be a list",
+    ),
+    "manifest names a missing volume": (
+        lambda t: [
+            "train",
+            str(t["config"]),
+            f"data.manifest={_manifest_variant(t['tmp'], t['manifest'], _drop_a_volume)}",
+            f"output={t['out']}",
+        ],
+        2,
+        r"data\.manifest: \d+ volume\(s\) it names are missing, e\.g\. case synth\w+ grid defective \(.*gone\.nii\.gz\)",
+    ),
+    "infinite learning rate": (
+        lambda t: ["train", str(t["config"]), "optim.lr=.inf", f"output={t['out']}"],
+        2,
+        r"optim\.lr: must be a finite number, got inf",
+    ),
+    "demo key misspelt": (
+        lambda t: ["demo", "--output", str(t["out"]), "prepare.synthetc=6"],
+        2,
+        r"unknown key prepare\.synthetc \(did you mean prepare\.synthetic\?\)",
+    ),
+    "evaluate output is a file": (
+        lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["file"])],
+        2,
+        r"a_file\.txt: is a file",
+    ),
+    "evaluate subset 0": (
+        lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["out"]), "--subset", "0"],
+        2,
+        r"subset: must be >= 1",
+    ),
+    "evaluate subset -1": (
+        lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["out"]), "--subset", "-1"],
+        2,
+        r"subset: must be >= 1",
+    ),
+    "broken predictions index": (
+        lambda t: ["evaluate", str(t["broken"]), "--manifest", str(t["manifest"]), "--output", str(t["out"])],
+        2,
+        r"broken/predictions\.json: not a readable JSON file",
+    ),
 }
 
 
@@ -189,8 +327,16 @@ def test_bad_arguments_are_refused_before_any_work(name, tmp_path, manifest, tra
     broken.mkdir()
     (broken / "predictions.json").write_text('{"method": "x", "cases": ')
     config, _ = write_config(tmp_path, manifest, "baseline", TINY_UNET, "cfg")
-    folders = {"tmp": tmp_path, "out": tmp_path / "out", "file": tmp_path / "a_file.txt", "run": trained_run, "manifest": manifest,
-               "predictions": predictions, "broken": broken, "config": config}
+    folders = {
+        "tmp": tmp_path,
+        "out": tmp_path / "out",
+        "file": tmp_path / "a_file.txt",
+        "run": trained_run,
+        "manifest": manifest,
+        "predictions": predictions,
+        "broken": broken,
+        "config": config,
+    }
     argv, status, pattern = REFUSALS[name]
     try:
         code = main([*argv(folders), "--quiet"])
@@ -238,7 +384,10 @@ def test_cached_scores_follow_the_options_and_the_reference(tmp_path, manifest, 
         if c["id"] == case["id"]:
             c["original"]["implant"] = moved.name
     copy.write_text(json.dumps(changed))
-    assert main(["evaluate", str(predictions), "--manifest", str(copy), "--output", str(out), "--sets", "eval1", "--empty", "inf", "--quiet"]) == 0
+    assert (
+        main(["evaluate", str(predictions), "--manifest", str(copy), "--output", str(out), "--sets", "eval1", "--empty", "inf", "--quiet"])
+        == 0
+    )
     rescored = json.loads(case_file.read_text())
     assert rescored["key"]["reference"]["implant"][0] == str(moved.resolve())
     assert again["implant"]["empty"] in (None, "prediction") and rescored["implant"]["empty"] in ("reference", "both")
@@ -303,8 +452,14 @@ def test_resume_applies_the_keys_that_may_change_and_refuses_the_others(tmp_path
 
 # name -> how the run's last.pt is damaged, and the message
 BAD_CHECKPOINTS = {
-    "another architecture": (lambda s: s.update(model={k: torch.zeros(1) for k in s["model"]}), r"last\.pt: does not fit this run's config\.yaml \(missing entry or another model: Error"),
-    "no optimizer entry": (lambda s: s.pop("optimizer"), r"last\.pt: does not fit this run's config\.yaml \(missing entry or another model: 'optimizer'\)"),
+    "another architecture": (
+        lambda s: s.update(model={k: torch.zeros(1) for k in s["model"]}),
+        r"last\.pt: does not fit this run's config\.yaml \(missing entry or another model: Error",
+    ),
+    "no optimizer entry": (
+        lambda s: s.pop("optimizer"),
+        r"last\.pt: does not fit this run's config\.yaml \(missing entry or another model: 'optimizer'\)",
+    ),
 }
 
 
@@ -334,7 +489,9 @@ def test_a_full_disk_while_saving_leaves_the_old_checkpoint(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(CheckpointError, match=r"last\.pt: cannot be written \(No space left on device; the previous version is unchanged\); free space"):
+    with pytest.raises(
+        CheckpointError, match=r"last\.pt: cannot be written \(No space left on device; the previous version is unchanged\); free space"
+    ):
         save_checkpoint({"model": {"w": torch.zeros(3)}}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -357,9 +514,18 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkey
 
 def test_a_folder_in_use_is_refused_and_freed_when_its_holder_dies(tmp_path, capsys):
     out = tmp_path / "data"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from data_prep.folder import claim\n"
-                               "with claim(sys.argv[1], 'prepare'):\n    print('held', flush=True); time.sleep(120)", str(out)],
-                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from data_prep.folder import claim\n"
+            "with claim(sys.argv[1], 'prepare'):\n    print('held', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(["prepare", str(out), "--synthetic", "2", "--grid", GRID, "--quiet"]) == 2
@@ -379,6 +545,10 @@ def test_outputs_are_readable_as_the_umask_allows(manifest, predictions):
     mask = os.umask(0)
     os.umask(mask)
     wanted = 0o666 & ~mask
-    for path in (manifest, next((manifest.parent / "grid").iterdir()), predictions / "predictions.json",
-                 next(predictions.glob("*_implant.nii.gz"))):
+    for path in (
+        manifest,
+        next((manifest.parent / "grid").iterdir()),
+        predictions / "predictions.json",
+        next(predictions.glob("*_implant.nii.gz")),
+    ):
         assert path.stat().st_mode & 0o777 == wanted, path

@@ -25,13 +25,44 @@ def test_monai_bundle_run_equals_fam_skull_predict(tmp_path, skulls, trained_run
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32, 16]
     assert inference["network_def"]["_target_"] == "monai.networks.nets.UNet"
     out = tmp_path / "bundle_out"
-    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
-                           "--bundle_root", str(bundle), "--input_dir", str(inputs), "--output_dir", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle / "configs" / "inference.json"),
+            "--bundle_root",
+            str(bundle),
+            "--input_dir",
+            str(inputs),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ref = tmp_path / "predict_out"
-    assert main(["predict", "--run", str(trained_run), "--files", *map(str, sorted(inputs.iterdir())), "--output", str(ref),
-                 "--min-component-mm3", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(trained_run),
+                "--files",
+                *map(str, sorted(inputs.iterdir())),
+                "--output",
+                str(ref),
+                "--min-component-mm3",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.glob("*.nii.gz"))
     assert names == ["scan_0_complete.nii.gz", "scan_0_implant.nii.gz", "scan_1_complete.nii.gz", "scan_1_implant.nii.gz"]
     for name in names:

@@ -7,14 +7,16 @@ import yaml
 
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.fam.flatness import resolve_layer
-from fam_skull.sweep import load_sweep
 from fam_skull.runs import model_from_config
+from fam_skull.sweep import load_sweep
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_overrides_are_typed_and_applied():
-    cfg = load_config(base={"data": {"manifest": "m.json"}}, overrides=["train.epochs=7", "fam.lam=1e-3", "model.channels=[8,16]", "method=fam"])
+    cfg = load_config(
+        base={"data": {"manifest": "m.json"}}, overrides=["train.epochs=7", "fam.lam=1e-3", "model.channels=[8,16]", "method=fam"]
+    )
     assert (cfg.train.epochs, cfg.fam.lam, cfg.model.channels, cfg.method) == (7, 0.001, [8, 16], "fam")
     assert isinstance(cfg.fam.lam, float)
     assert load_config(base=yaml.safe_load(cfg.to_yaml())) == cfg  # the saved config reloads to the same object
@@ -67,9 +69,9 @@ def test_defaults_live_in_one_place():
     from data_prep.preprocess import BONE_HU, binarize
     from fam_skull.bundle import FolderPredictor
     from fam_skull.cli import build_parser
-    from fam_skull.predict import PredictOptions, load_file
     from fam_skull.fam.regularizer import DEFAULT_LAMBDA, FAMRegularizer
     from fam_skull.fam.sam import DEFAULT_RHO, SAM
+    from fam_skull.predict import PredictOptions, load_file
     from fam_skull.step import Stepper
     from fam_skull.sweep import SweepConfig
 
@@ -78,8 +80,14 @@ def test_defaults_live_in_one_place():
 
     assert Config().fam.lam == default(FAMRegularizer, "lam") == DEFAULT_LAMBDA
     assert Config().sam.rho == SweepConfig().sam_rho == default(Stepper, "sam_rho") == default(SAM, "rho") == DEFAULT_RHO
-    assert (PrepareOptions(output=Path("."), synthetic=1).threshold == PredictOptions(run=Path("."), output=Path(".")).threshold
-            == default(binarize, "threshold") == default(load_file, "threshold") == default(FolderPredictor, "threshold") == BONE_HU)
+    assert (
+        PrepareOptions(output=Path("."), synthetic=1).threshold
+        == PredictOptions(run=Path("."), output=Path(".")).threshold
+        == default(binarize, "threshold")
+        == default(load_file, "threshold")
+        == default(FolderPredictor, "threshold")
+        == BONE_HU
+    )
     sub = build_parser()._subparsers._group_actions[0].choices
     for command in ("prepare", "predict"):
         assert sub[command].get_default("threshold") == BONE_HU

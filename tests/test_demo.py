@@ -15,8 +15,14 @@ HEADER = [f"set {s}: {m}{sub}" for s in (1, 2) for m in ("DSC", "HD", "HD95") fo
 
 def test_demo_from_the_cli_at_a_tiny_size(tmp_path, capsys):
     overrides = [
-        "prepare.synthetic=5", "prepare.synthetic_shape=[32,32,16]", "prepare.grid=[32,32,16]", "prepare.workers=1",
-        "run.model.channels=[4,8,16,32]", "run.train.epochs=1", "run.train.val_every=1", "run.fam.warmup_steps=0",
+        "prepare.synthetic=5",
+        "prepare.synthetic_shape=[32,32,16]",
+        "prepare.grid=[32,32,16]",
+        "prepare.workers=1",
+        "run.model.channels=[4,8,16,32]",
+        "run.train.epochs=1",
+        "run.train.val_every=1",
+        "run.fam.warmup_steps=0",
     ]
     assert main(["demo", "--output", str(tmp_path / "demo"), "--quiet", *overrides]) == 0
     printed = capsys.readouterr().out
@@ -75,11 +81,13 @@ def test_flatness_command(tmp_path, manifest, trained_run, capsys):
     data = Manifest.load(manifest)
     generator = torch.Generator().manual_seed(0)
     for case in data.role("train"):
-        def volume(kind):
+
+        def volume(kind, case=case):
             return torch.from_numpy(to_array(read_image(data.file(case, "grid", kind))).astype("float32"))[None, None]
 
-        kappa = relative_flatness(model, "bottleneck", build_loss(config), volume("defective"), volume("implant"), probes=2,
-                                  generator=generator)
+        kappa = relative_flatness(
+            model, "bottleneck", build_loss(config), volume("defective"), volume("implant"), probes=2, generator=generator
+        )
         assert result["per_case"][case["id"]] == pytest.approx(float(kappa.detach()), rel=1e-6, abs=1e-12), case["id"]
 
 
@@ -88,11 +96,19 @@ def test_study_of_two_arms_over_two_seeds(tmp_path, manifest):
     import numpy as np
     from scipy import stats
 
-    arms = [{"name": "reference", "set": {"method": "baseline"}},
-            {"name": "fisher", "set": {"method": "fam", "fam.objective": "fisher", "fam.lam": 1.0}}]
+    arms = [
+        {"name": "reference", "set": {"method": "baseline"}},
+        {"name": "fisher", "set": {"method": "fam", "fam.objective": "fisher", "fam.lam": 1.0}},
+    ]
     cfg = {
-        "sweep": {"output": str(tmp_path / "study"), "seeds": [0, 1], "arms": arms, "study": True, "study_flatness_cases": 3,
-                  "min_component_mm3": 0},
+        "sweep": {
+            "output": str(tmp_path / "study"),
+            "seeds": [0, 1],
+            "arms": arms,
+            "study": True,
+            "study_flatness_cases": 3,
+            "min_component_mm3": 0,
+        },
         "run": {"data": {"manifest": str(manifest), "batch_size": 2}, "model": TINY_UNET, "train": {"epochs": 2, "threads": 1}},
     }
     path = tmp_path / "study.yaml"

@@ -25,9 +25,35 @@ def test_reports_and_medpy_checked_aggregates(tmp_path, manifest, predictions):
     second = tmp_path / "fam_pred"
     shutil.copytree(predictions, second)
     out = tmp_path / "eval"
-    assert main(["evaluate", f"A={predictions}", f"B={second}", "--manifest", str(manifest), "--output", str(out), "--subset", "1",
-                 "--workers", "2", "--quiet"]) == 0
-    for name in ("table.md", "table.csv", "table_complete.md", "per_case.csv", "boxplots.png", "overlays_A.png", "report.md", "A/summary.json"):
+    assert (
+        main(
+            [
+                "evaluate",
+                f"A={predictions}",
+                f"B={second}",
+                "--manifest",
+                str(manifest),
+                "--output",
+                str(out),
+                "--subset",
+                "1",
+                "--workers",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "table.md",
+        "table.csv",
+        "table_complete.md",
+        "per_case.csv",
+        "boxplots.png",
+        "overlays_A.png",
+        "report.md",
+        "A/summary.json",
+    ):
         assert (out / name).is_file(), name
     rows = list(csv.reader((out / "table.csv").read_text().splitlines()))
     assert rows[0][1:] == [f"set {s}: {m}{sub}" for s in (1, 2) for m in ("DSC", "HD", "HD95") for sub in ("", " (100)")]
@@ -87,7 +113,10 @@ def test_a_missed_case_worsens_the_average(tmp_path, manifest, predictions):
     path = empty / index["cases"][first]["files"]["implant"]
     ref = read_image(path)
     write_volume(path, np.zeros(to_array(ref).shape, np.uint8), ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection())
-    assert main(["evaluate", f"ok={predictions}", f"missed={empty}", "--manifest", str(manifest), "--output", str(tmp_path / "e"), "--quiet"]) == 0
+    assert (
+        main(["evaluate", f"ok={predictions}", f"missed={empty}", "--manifest", str(manifest), "--output", str(tmp_path / "e"), "--quiet"])
+        == 0
+    )
     ok = json.loads((tmp_path / "e" / "ok" / "summary.json").read_text())
     missed = json.loads((tmp_path / "e" / "missed" / "summary.json").read_text())
     role = next(r["set"] for r in missed["metric_per_case"] if r["case"] == first)

@@ -34,7 +34,8 @@ print("loaded:", loaded)
 
 
 def test_fam_package_needs_only_torch():
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded: []" in done.stdout

@@ -19,7 +19,9 @@ def blob(rng, shape, n=4, touch=False):
     return field > 0.4
 
 
-CASES = [(seed, spacing, touch) for seed in range(4) for spacing in [(1, 1, 1), (0.45, 0.45, 1.2), (2.0, 0.7, 3.1)] for touch in (False, True)]
+CASES = [
+    (seed, spacing, touch) for seed in range(4) for spacing in [(1, 1, 1), (0.45, 0.45, 1.2), (2.0, 0.7, 3.1)] for touch in (False, True)
+]
 
 
 @pytest.mark.parametrize("seed, spacing, touch", CASES)

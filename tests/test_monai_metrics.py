@@ -33,7 +33,7 @@ def test_aggregate_over_batches_equals_compute_metrics(name, skulls):
     cases = _cases(skulls)
     metric = CLASSES[name]()
     for start in (0, 2):  # two batches of two
-        chunk = cases[start:start + 2]
+        chunk = cases[start : start + 2]
         metric(_batch([c[0] for c in chunk]), _batch([c[1] for c in chunk]), spacing=SPACING, defective=_batch([c[2] for c in chunk]))
     expected = [compute_metrics(p, r, SPACING, defective=d)[name] for p, r, d in cases]
     assert metric.aggregate().item() == pytest.approx(np.mean(expected), rel=1e-6)  # MONAI reduces in float32
@@ -55,7 +55,8 @@ def test_one_hot_input_drops_the_background_and_spacing_comes_from_the_affine(sk
     per_item = HDMetric()
     per_item(_batch([pred, pred]), _batch([ref, ref]), spacing=[SPACING, [2.0]])
     assert per_item.get_buffer()[:, 0].tolist() == pytest.approx(
-        [compute_metrics(pred, ref, SPACING)["hd"], compute_metrics(pred, ref, (2.0, 2.0, 2.0))["hd"]], rel=1e-12)
+        [compute_metrics(pred, ref, SPACING)["hd"], compute_metrics(pred, ref, (2.0, 2.0, 2.0))["hd"]], rel=1e-12
+    )
 
 
 def test_bad_calls_are_refused(skulls):
@@ -75,11 +76,21 @@ def test_metric_handlers_in_a_supervised_evaluator_give_the_same_numbers(skulls)
 
     cases = _cases(skulls)
     affine = torch.diag(torch.tensor([*SPACING, 1.0], dtype=torch.float64))
-    items = [{"image": MetaTensor(torch.from_numpy(p[None].astype(np.float32)), affine=affine),
-              "label": MetaTensor(torch.from_numpy(r[None].astype(np.float32)), affine=affine)} for p, r, _ in cases]
+    items = [
+        {
+            "image": MetaTensor(torch.from_numpy(p[None].astype(np.float32)), affine=affine),
+            "label": MetaTensor(torch.from_numpy(r[None].astype(np.float32)), affine=affine),
+        }
+        for p, r, _ in cases
+    ]
     handlers = {name: IgniteMetricHandler(CLASSES[name](), output_transform=from_engine(["pred", "label"])) for name in ("dsc", "hd95")}
-    evaluator = SupervisedEvaluator(torch.device("cpu"), DataLoader(Dataset(items), batch_size=2), torch.nn.Identity(),
-                                    key_val_metric={"dsc": handlers["dsc"]}, additional_metrics={"hd95": handlers["hd95"]})
+    evaluator = SupervisedEvaluator(
+        torch.device("cpu"),
+        DataLoader(Dataset(items), batch_size=2),
+        torch.nn.Identity(),
+        key_val_metric={"dsc": handlers["dsc"]},
+        additional_metrics={"hd95": handlers["hd95"]},
+    )
     evaluator.run()
     for name in ("dsc", "hd95"):
         expected = np.mean([compute_metrics(p, r, SPACING)[name] for p, r, _ in cases])

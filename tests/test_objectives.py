@@ -55,7 +55,8 @@ def test_fisher_equals_kappa_when_logits_are_linear_in_the_weight():
     assert fisher == pytest.approx(kappa, rel=1e-8)
     # on the first layer (logits not linear in it) they differ
     assert relative_flatness(model, "0", CE, x, y, estimator="exact", objective="fisher").item() != pytest.approx(
-        relative_flatness(model, "0", CE, x, y, estimator="exact").item(), rel=1e-3)
+        relative_flatness(model, "0", CE, x, y, estimator="exact").item(), rel=1e-3
+    )
 
 
 def test_fisher_is_invariant_to_layer_rescaling():

@@ -14,8 +14,24 @@ from fam_skull.predict import clean_implant
 
 def test_predictions_are_in_the_original_geometry(tmp_path, manifest, trained_run):
     out = tmp_path / "pred"
-    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--stl",
-                 "--min-component-mm3", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(trained_run),
+                "--manifest",
+                str(manifest),
+                "--output",
+                str(out),
+                "--stl",
+                "--min-component-mm3",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = Manifest.load(manifest)
     index = json.loads((out / "predictions.json").read_text())
     cases = m.role("eval1", "eval2")
@@ -84,7 +100,24 @@ def test_clean_implant_drops_small_pieces():
 
 def test_sliding_window_matches_the_grid_shape(tmp_path, manifest, trained_run):
     out = tmp_path / "sw"
-    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--roi-size", "16,16,16",
-                 "--roles", "eval1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(trained_run),
+                "--manifest",
+                str(manifest),
+                "--output",
+                str(out),
+                "--roi-size",
+                "16,16,16",
+                "--roles",
+                "eval1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     index = json.loads((out / "predictions.json").read_text())
     assert len(index["cases"]) == len(Manifest.load(manifest).role("eval1")) and not index["failed"]

@@ -35,7 +35,9 @@ def test_skullbreak_tree(tmp_path, skulls, caplog):
     lonely = tmp_path / "sb" / "defective_skull" / "bilateral" / "009.nrrd"
     write_volume(lonely, skulls[0][0].astype(np.uint8))
     with caplog.at_level(logging.WARNING):
-        result = prepare(PrepareOptions(tmp_path / "out", "skullbreak", tmp_path / "sb", grid=GRID, val_fraction=0.25, eval_fraction=0.25, quiet=True))
+        result = prepare(
+            PrepareOptions(tmp_path / "out", "skullbreak", tmp_path / "sb", grid=GRID, val_fraction=0.25, eval_fraction=0.25, quiet=True)
+        )
     manifest = Manifest.load(result.manifest)
     roles = {c["id"]: (c["role"], c["defect"]) for c in manifest.cases}
     eval_skull = next(c["skull"] for c in manifest.cases if c["role"] == "eval1")
@@ -77,15 +79,28 @@ def test_generated_defects_and_explicit_sets(tmp_path, skulls):
         write_volume(tmp_path / "mug" / f"skull{i}.nii.gz", mask.astype(np.uint8), spacing, origin=(5.0, -3.0, 2.0))
     result = prepare(
         PrepareOptions(
-            tmp_path / "out", "complete", tmp_path / "mug", grid=GRID, defects=("sphere", "cube"),
-            shift_defects=("random",), eval1=("skull1",), eval2=("skull2",), val_fraction=0.0, quiet=True,
+            tmp_path / "out",
+            "complete",
+            tmp_path / "mug",
+            grid=GRID,
+            defects=("sphere", "cube"),
+            shift_defects=("random",),
+            eval1=("skull1",),
+            eval2=("skull2",),
+            val_fraction=0.0,
+            quiet=True,
         )
     )
     manifest = Manifest.load(result.manifest)
     roles = {c["id"]: c["role"] for c in manifest.cases}
     assert roles == {
-        "skull0_sphere": "train", "skull0_cube": "train", "skull3_sphere": "train", "skull3_cube": "train",
-        "skull1_sphere": "eval1", "skull1_cube": "eval1", "skull2_random": "eval2",
+        "skull0_sphere": "train",
+        "skull0_cube": "train",
+        "skull3_sphere": "train",
+        "skull3_cube": "train",
+        "skull1_sphere": "eval1",
+        "skull1_cube": "eval1",
+        "skull2_random": "eval2",
     }
     for case in manifest.role("eval1", "eval2"):
         vol = {k: to_array(read_image(manifest.file(case, "original", k))) != 0 for k in ("complete", "defective", "implant")}

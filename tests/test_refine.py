@@ -53,8 +53,15 @@ def test_refined_implant_is_pasted_back_in_an_oblique_flipped_scan(margin_mm):
     layout = Layout.plan(images["implant"], (16, 16, 12))
     assert layout.orientation != "LPS"
     canonical = {k: layout.canonical_array(v) != 0 for k, v in images.items()}
-    refined = refine_implant(_FromProbability(), canonical["defective"], canonical["implant"].astype(np.float32),
-                             layout.canonical.spacing, (8, 8, 8), margin_mm, "cpu")
+    refined = refine_implant(
+        _FromProbability(),
+        canonical["defective"],
+        canonical["implant"].astype(np.float32),
+        layout.canonical.spacing,
+        (8, 8, 8),
+        margin_mm,
+        "cpu",
+    )
     back = layout.to_original(refined)
     assert back.GetSize() == images["implant"].GetSize()
     np.testing.assert_allclose(back.GetOrigin(), images["implant"].GetOrigin())
@@ -64,12 +71,22 @@ def test_refined_implant_is_pasted_back_in_an_oblique_flipped_scan(margin_mm):
 
 def test_refinement_run_from_the_cli(tmp_path, manifest, trained_run):
     """Train a refinement stage on the tiny coarse run, predict both stages, and check what they write."""
-    path, out = write_config(tmp_path, manifest, "baseline", TINY_UNET, "refined",
-                             refine={"coarse_run": str(trained_run), "patch": [16, 16, 16]}, train={"epochs": 1})
+    path, out = write_config(
+        tmp_path,
+        manifest,
+        "baseline",
+        TINY_UNET,
+        "refined",
+        refine={"coarse_run": str(trained_run), "patch": [16, 16, 16]},
+        train={"epochs": 1},
+    )
     path.write_text(path.read_text() + "stage: refine\n")
     assert main(["train", str(path), "--quiet"]) == 0
     for stage in ("refined", "coarse"):
-        assert main(["predict", "--run", out, "--manifest", str(manifest), "--output", str(tmp_path / stage), "--stage", stage, "--quiet"]) == 0
+        assert (
+            main(["predict", "--run", out, "--manifest", str(manifest), "--output", str(tmp_path / stage), "--stage", stage, "--quiet"])
+            == 0
+        )
     assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(tmp_path / "alone"), "--quiet"]) == 0
     m = Manifest.load(manifest)
     index = json.loads((tmp_path / "refined" / "predictions.json").read_text())
@@ -81,6 +98,24 @@ def test_refinement_run_from_the_cli(tmp_path, manifest, trained_run):
         defective = to_array(read_image(m.file(case, "original", "defective"))) != 0
         assert not (to_array(refined).astype(bool) & defective).any()  # never on the bone it was given
         # the coarse stage of a refinement run is the coarse run itself
-        np.testing.assert_array_equal(to_array(read_image(tmp_path / "coarse" / f"{case['id']}_implant.nii.gz")),
-                                      to_array(read_image(tmp_path / "alone" / f"{case['id']}_implant.nii.gz")))
-    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(tmp_path / "x"), "--stage", "refined", "--quiet"]) == 2
+        np.testing.assert_array_equal(
+            to_array(read_image(tmp_path / "coarse" / f"{case['id']}_implant.nii.gz")),
+            to_array(read_image(tmp_path / "alone" / f"{case['id']}_implant.nii.gz")),
+        )
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(trained_run),
+                "--manifest",
+                str(manifest),
+                "--output",
+                str(tmp_path / "x"),
+                "--stage",
+                "refined",
+                "--quiet",
+            ]
+        )
+        == 2
+    )

@@ -30,7 +30,15 @@ def test_two_epoch_run_leaves_a_complete_run_folder(tmp_path, manifest, method, 
     path, out = config_file(tmp_path, manifest, method, model)
     assert main(["train", str(path), "--quiet"]) == 0
     run = tmp_path / f"run_{method}_{model}"
-    for name in ("config.yaml", "log.txt", "metrics.csv", "curves.png", "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/epoch_0001.pt"):
+    for name in (
+        "config.yaml",
+        "log.txt",
+        "metrics.csv",
+        "curves.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "checkpoints/epoch_0001.pt",
+    ):
         assert (run / name).is_file(), name
     assert any((run / "tb").iterdir())
     rows = (run / "metrics.csv").read_text().strip().splitlines()
@@ -68,8 +76,21 @@ def test_torchrun_two_processes_match_one(tmp_path, manifest):
     # InstanceNorm) into full-size steps, which would hide a real mismatch behind noise
     path, _ = config_file(tmp_path, manifest, "fam", optim={"name": "sgd", "lr": 0.05})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "fam_skull",
-           "train", str(path), f"output={tmp_path / 'ddp'}", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "fam_skull",
+        "train",
+        str(path),
+        f"output={tmp_path / 'ddp'}",
+        "--quiet",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["train", str(path), f"output={tmp_path / 'single'}", "--quiet"]) == 0
@@ -148,11 +169,14 @@ def test_model_target_chooses_what_the_network_learns(tmp_path, manifest, monkey
         def loss(outputs, targets):
             seen.append(float(targets.sum()))
             return outputs.mean() * 0
+
         return loss
 
     monkeypatch.setattr(train_module, "build_loss", recording_loss)
     off = {"fresh_defect": 0.0, "flip": 0.0, "affine": 0.0}
-    path, _ = write_config(tmp_path, manifest, "baseline", {**TINY_UNET, "target": target}, f"run_{target}", augment=off, train={"epochs": 1})
+    path, _ = write_config(
+        tmp_path, manifest, "baseline", {**TINY_UNET, "target": target}, f"run_{target}", augment=off, train={"epochs": 1}
+    )
     train_module.train(path, quiet=True)
     m = Manifest.load(manifest)
     expected = sum(to_array(read_image(m.file(c, "grid", target))).sum() for c in m.role("train"))
@@ -176,7 +200,12 @@ def _val_case():
     complete[:, 4:8, 4:6, 3:5] = 0  # a hollow box
     implant = torch.zeros_like(complete)
     implant[:, 2:10, 2:8, 5:6] = complete[:, 2:10, 2:8, 5:6]  # the lid
-    return {"image": complete - implant, "implant": implant, "complete": complete, "spacing": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)}
+    return {
+        "image": complete - implant,
+        "implant": implant,
+        "complete": complete,
+        "spacing": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
+    }
 
 
 def test_validation_scores_the_implant_not_the_copied_input():

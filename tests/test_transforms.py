@@ -89,8 +89,8 @@ def test_defect_transform_composes_with_a_cache_dataset(item):
 
 
 def test_defect_transform_reads_a_nifti_skull_loaded_by_monai(item, tmp_path):
-    from monai.transforms import LoadImaged, Orientationd
     from conftest import write_volume
+    from monai.transforms import LoadImaged, Orientationd
 
     spacing = item["spacing"].tolist()
     path = write_volume(tmp_path / "skull.nii.gz", item["complete"][0].numpy().astype(np.uint8), spacing)

@@ -38,7 +38,9 @@ class LayerRef:
 
     @property
     def weight(self) -> nn.Parameter:
-        return self.module.weight
+        weight = self.module.weight
+        assert isinstance(weight, nn.Parameter)  # resolve_layer admits weight layers only
+        return weight
 
     @property
     def transposed(self) -> bool:
@@ -83,7 +85,7 @@ def _bottleneck_name(model: nn.Module) -> str | None:
     from monai.networks.nets import AutoEncoder
 
     if hasattr(model, "fam_bottleneck"):
-        return model.fam_bottleneck
+        return str(model.fam_bottleneck)
     skips = [(name, m) for name, m in model.named_modules() if isinstance(m, SkipConnection)]
     if skips:
         # MONAI UNet nests SkipConnections; the innermost one wraps the bottom layer. Its 1x1 residual
@@ -112,7 +114,7 @@ def resolve_layer(model: nn.Module, layer: str) -> LayerRef:
     if name is not None and name.endswith(".weight") and name not in modules:
         name = name[: -len(".weight")]
     module = modules.get(name) if name is not None else None
-    if not isinstance(module, _WEIGHT_LAYERS):
+    if name is None or not isinstance(module, _WEIGHT_LAYERS):
         raise ValueError(
             f"FAM layer {layer!r} is not a Linear/ConvNd/ConvTransposeNd of {type(model).__name__}; "
             f"use 'bottleneck' or one of: {', '.join(_candidates(model))}"
@@ -244,8 +246,8 @@ def flatness_of_loss(
     else:
         (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
         samples = [(_hvp(grad_w, weight, v) * v).sum() for v in _directions(ref, estimator, probes, generator)]
-    samples = torch.stack(samples)
-    return samples.sum() if estimator == "exact" else samples.mean()
+    stacked = torch.stack(samples)
+    return stacked.sum() if estimator == "exact" else stacked.mean()
 
 
 def relative_flatness(

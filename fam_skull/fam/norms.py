@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
+
+if TYPE_CHECKING:  # the mixins below only ever sit in front of these stock classes
+    _InstanceNormBase = _InstanceNorm
+    _BatchNormBase = _BatchNorm
+    _LayerNormBase = nn.LayerNorm
+else:
+    _InstanceNormBase = _BatchNormBase = _LayerNormBase = object
 
 
 def _moments(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,28 +39,29 @@ def _affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     return y
 
 
-class _PrimitiveInstanceNorm:
+class _PrimitiveInstanceNorm(_InstanceNormBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == self._get_no_batch_dim():
             return self.forward(x.unsqueeze(0)).squeeze(0)
         dims = tuple(range(2, x.dim()))
         shape = (1, -1) + (1,) * len(dims)
-        if self.training or not self.track_running_stats:
+        running_mean, running_var = self.running_mean, self.running_var  # None unless track_running_stats
+        if self.training or running_mean is None or running_var is None:
             centred, var = _moments(x, dims)
-            if self.training and self.track_running_stats:
+            if self.training and running_mean is not None and running_var is not None:
                 n = x[0, 0].numel()
                 with torch.no_grad():
                     m = self.momentum if self.momentum is not None else 0.1
-                    self.running_mean.mul_(1 - m).add_(m * (x - centred).mean(dim=dims).mean(0))
-                    self.running_var.mul_(1 - m).add_(m * (var.flatten(1) * n / max(n - 1, 1)).mean(0))
+                    running_mean.mul_(1 - m).add_(m * (x - centred).mean(dim=dims).mean(0))
+                    running_var.mul_(1 - m).add_(m * (var.flatten(1) * n / max(n - 1, 1)).mean(0))
         else:
-            centred = x - self.running_mean.view(shape)
-            var = self.running_var.view(shape)
+            centred = x - running_mean.view(shape)
+            var = running_var.view(shape)
         y = centred * torch.rsqrt(var + self.eps)
         return _affine(y, self.weight, self.bias, shape) if self.affine else y
 
 
-class _PrimitiveBatchNorm:
+class _PrimitiveBatchNorm(_BatchNormBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         factor = 0.0 if self.momentum is None else self.momentum
@@ -62,21 +71,22 @@ class _PrimitiveBatchNorm:
                 factor = 1.0 / float(self.num_batches_tracked)
         dims = (0,) + tuple(range(2, x.dim()))
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training or self.running_mean is None:
+        running_mean, running_var = self.running_mean, self.running_var
+        if self.training or running_mean is None or running_var is None:
             centred, var = _moments(x, dims)
-            if self.training and self.running_mean is not None:
+            if self.training and running_mean is not None and running_var is not None:
                 n = x.numel() // x.size(1)
                 with torch.no_grad():
-                    self.running_mean.mul_(1 - factor).add_(factor * (x - centred).mean(dim=dims))
-                    self.running_var.mul_(1 - factor).add_(factor * var.flatten() * n / max(n - 1, 1))
+                    running_mean.mul_(1 - factor).add_(factor * (x - centred).mean(dim=dims))
+                    running_var.mul_(1 - factor).add_(factor * var.flatten() * n / max(n - 1, 1))
         else:
-            centred = x - self.running_mean.view(shape)
-            var = self.running_var.view(shape)
+            centred = x - running_mean.view(shape)
+            var = running_var.view(shape)
         y = centred * torch.rsqrt(var + self.eps)
         return _affine(y, self.weight, self.bias, shape)
 
 
-class _PrimitiveLayerNorm:
+class _PrimitiveLayerNorm(_LayerNormBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(x.dim() - len(self.normalized_shape), x.dim()))
         centred, var = _moments(x, dims)

@@ -105,8 +105,15 @@ class FAMRegularizer:
         self.step += 1
         if not active:
             return FAMOutput(task_loss, task_loss, None)
-        kappa = flatness_of_loss(task_loss, self.ref, estimator=self.estimator, probes=self.probes, generator=self.generator,
-                                 objective=self.objective, outputs=outputs)
+        kappa = flatness_of_loss(
+            task_loss,
+            self.ref,
+            estimator=self.estimator,
+            probes=self.probes,
+            generator=self.generator,
+            objective=self.objective,
+            outputs=outputs,
+        )
         return FAMOutput(task_loss + self.step_lambda * kappa, task_loss, kappa)
 
     def __call__(
