@@ -385,6 +385,13 @@ def _prepare(opts: PrepareOptions) -> PrepareResult:
     manifest.save()
     result = PrepareResult(manifest.path, len(records) - reused, reused, skipped, time.perf_counter() - start)
     counts = {r: len(manifest.role(r)) for r in ROLES}
+    empty = [r for r, n in counts.items() if n == 0]
+    if empty and result.ok:
+        log.warning(
+            "no %s cases in %s: adjust --val-fraction/--eval-fraction or name --eval1/--eval2 skulls if you need them",
+            " or ".join(empty),
+            manifest.path,
+        )
     log.info(
         "prepared %d cases, reused %d, skipped %d (%s) in %.1f s -> %s",
         result.prepared,

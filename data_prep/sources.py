@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -26,7 +26,6 @@ class SourceCase:
     role: str | None = None
     synthetic_seed: int | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ import torch
 
 from data_prep.io import atomic_path
 
+CHECKPOINT_FORMAT = "fam-skull-checkpoint/2"  # /2: best.pt selected by implant DSC (/1: by skull DSC)
+READABLE_FORMATS = ("fam-skull-checkpoint/1", CHECKPOINT_FORMAT)  # what predict and export can load
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file."""

@@ -30,11 +30,10 @@ def _logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[console], force=True)
 
 
-def _prepare_parser(sub) -> None:
+def _prepare_parser(p: argparse.ArgumentParser) -> None:
     from data_prep.prepare import PrepareOptions
 
     d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(PrepareOptions)})
-    p = sub.add_parser("prepare", help="preprocess skulls, make defects, write a dataset manifest")
     p.add_argument("output", type=Path, help="dataset folder to write")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--skullbreak", type=Path, metavar="ROOT", help="SkullBreak root (complete_skull/, defective_skull/, implant/)")
@@ -109,8 +108,7 @@ def _run_prepare(args) -> int:
     return 1 if args.strict and result.skipped else 0
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train baseline, FAM or SAM from a YAML config")
+def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 fam.lam=0.02")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder exactly where it stopped")
@@ -135,11 +133,10 @@ def _run_train(args) -> int:
     return 0
 
 
-def _predict_parser(sub) -> None:
+def _predict_parser(p: argparse.ArgumentParser) -> None:
     from fam_skull.predict import PredictOptions
 
     d = PredictOptions(run=Path("."), output=Path("."))
-    p = sub.add_parser("predict", help="completed skulls and implants in each case's original geometry")
     p.add_argument("--run", type=Path, required=True, help="training run folder")
     p.add_argument("--output", type=Path, required=True, help="folder for the predictions")
     p.add_argument("--manifest", type=Path, help="prepared manifest (its evaluation sets are predicted)")
@@ -169,11 +166,10 @@ def _run_predict(args) -> int:
     return 1 if result.predicted + result.reused == 0 else 0
 
 
-def _evaluate_parser(sub) -> None:
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     from fam_skull.evaluate import EvaluateOptions
 
     d = EvaluateOptions(predictions=[], manifest=Path("."), output=Path("."))
-    p = sub.add_parser("evaluate", help="DSC, HD, HD95 per case and set, paper-style tables and plots")
     p.add_argument("predictions", nargs="+", help="prediction folders, optionally label=folder")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="report folder")
@@ -199,8 +195,7 @@ def _run_evaluate(args) -> int:
     return 0
 
 
-def _sweep_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="baseline, FAM at several lambdas (and SAM) over seeds: train, predict, evaluate, one table")
+def _sweep_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="sweep YAML (sections 'sweep' and 'run')")
     p.add_argument("overrides", nargs="*", help="e.g. sweep.seeds=[0,1] run.train.epochs=50")
     p.add_argument("--quiet", action="store_true")
@@ -215,10 +210,9 @@ def _run_sweep(args) -> int:
     return 0
 
 
-def _demo_parser(sub) -> None:
+def _demo_parser(p: argparse.ArgumentParser) -> None:
     from fam_skull.demo import DEMO_CONFIG
 
-    p = sub.add_parser("demo", help="the whole pipeline on synthetic skulls, on a CPU, in minutes")
     p.add_argument("overrides", nargs="*", help="e.g. prepare.synthetic=6 run.train.epochs=2")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo settings (default configs/demo.yaml)")
     p.add_argument("--output", type=Path, default=Path("demo_out"))
@@ -234,8 +228,7 @@ def _run_demo(args) -> int:
     return 0
 
 
-def _flatness_parser(sub) -> None:
-    p = sub.add_parser("flatness", help="kappa of a trained model's FAM layer over a dataset, with a 95%% interval")
+def _flatness_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="prepared manifest")
     p.add_argument("--roles", type=_names, default=("train",), help="manifest roles measured (default train)")
@@ -270,8 +263,7 @@ def _run_flatness(args) -> int:
     return 0
 
 
-def _export_parser(sub) -> None:
-    p = sub.add_parser("export", help="a trained coarse run as a MONAI bundle (python -m monai.bundle run)")
+def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="training run folder")
     p.add_argument("output", type=Path, help="bundle folder to write")
     p.add_argument("--checkpoint", default="best", help="best, last, epoch_NNNN or a .pt path")
@@ -290,34 +282,39 @@ def _run_export(args) -> int:
     return 0
 
 
-COMMANDS = {
-    "prepare": (_prepare_parser, _run_prepare),
-    "train": (_train_parser, _run_train),
-    "predict": (_predict_parser, _run_predict),
-    "evaluate": (_evaluate_parser, _run_evaluate),
-    "sweep": (_sweep_parser, _run_sweep),
-    "demo": (_demo_parser, _run_demo),
-    "flatness": (_flatness_parser, _run_flatness),
-    "export": (_export_parser, _run_export),
+COMMANDS = {  # name: (help, parser builder, runner)
+    "prepare": ("preprocess skulls, make defects, write a dataset manifest", _prepare_parser, _run_prepare),
+    "train": ("train baseline, FAM or SAM from a YAML config", _train_parser, _run_train),
+    "predict": ("completed skulls and implants in each case's original geometry", _predict_parser, _run_predict),
+    "evaluate": ("DSC, HD, HD95 per case and set, paper-style tables and plots", _evaluate_parser, _run_evaluate),
+    "sweep": ("baseline, FAM at several lambdas (and SAM) over seeds: train, predict, evaluate, one table", _sweep_parser, _run_sweep),
+    "demo": ("the whole pipeline on synthetic skulls, on a CPU, in minutes", _demo_parser, _run_demo),
+    "flatness": ("kappa of a trained model's FAM layer over a dataset, with a 95%% interval", _flatness_parser, _run_flatness),
+    "export": ("a trained coarse run as a MONAI bundle (python -m monai.bundle run)", _export_parser, _run_export),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full=None) -> argparse.ArgumentParser:
+    """The command line; only the commands in ``full`` (default: all) get their options, so ``fam-skull --help``
+    and one command's parsing do not import every stage (torch, MONAI, SimpleITK)."""
     parser = argparse.ArgumentParser(prog="fam-skull", description="Skull reconstruction with FAM (relative flatness aware minimization).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add, _ in COMMANDS.values():
-        add(sub)
+    for name, (text, add, _) in COMMANDS.items():
+        command = sub.add_parser(name, help=text)
+        if full is None or name in full:
+            add(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(full=[a for a in argv if a in COMMANDS][:1]).parse_args(argv)
+    _logging(getattr(args, "quiet", False))
     from fam_skull.checkpoint import CheckpointError
     from fam_skull.train import TrainingError
 
-    args = build_parser().parse_args(argv)
-    _logging(getattr(args, "quiet", False))
     try:
-        return COMMANDS[args.command][1](args) or 0
+        return COMMANDS[args.command][2](args) or 0
     except (ValueError, FileNotFoundError) as e:  # bad input or configuration: nothing was run
         logging.error("fam-skull %s: %s", args.command, e)
         return 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from data_prep.prepare import PrepareOptions, prepare
-from fam_skull.config import ConfigError, merge
+from fam_skull.config import ConfigError, apply, merge
 from fam_skull.sweep import SweepResult, load_sweep, sweep
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -37,9 +37,10 @@ def demo(config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", over
                 f"unknown key prepare.{key}" + (f" (did you mean prepare.{close[0]}?)" if close else f" (valid: {', '.join(known)})")
             )
     opts = PrepareOptions(output=output / "data", source="synthetic", quiet=quiet, **prep)
+    # every section is checked before the first case is prepared
+    run = apply(values.get("run") or {}, {"data.manifest": str(opts.output / "manifest.json")})
+    sweep_cfg, run = load_sweep(values={"sweep": {**(values.get("sweep") or {}), "output": str(output)}, "run": run})
     result = prepare(opts)
     if not result.ok:
         raise ConfigError(f"the demo could not prepare any case: {result.skipped[0].reason if result.skipped else 'no skulls'}")
-    run = merge(values.get("run") or {}, [f"data.manifest={result.manifest}"])
-    sweep_cfg, run = load_sweep(values={"sweep": {**(values.get("sweep") or {}), "output": str(output)}, "run": run})
     return sweep(sweep_cfg, run, quiet=quiet)

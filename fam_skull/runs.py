@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
-from fam_skull.checkpoint import load_checkpoint
+from fam_skull.checkpoint import READABLE_FORMATS, CheckpointError, load_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.models import build_model
 
@@ -66,6 +66,11 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     if checkpoint == "best" and not path.is_file():
         path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path, map_location=device)
+    if state.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state.get('format')!r} is not one this version reads "
+            f"({', '.join(READABLE_FORMATS)}); use the fam-skull version that wrote it"
+        )
     grid = tuple(state["grid"])
     model = model_from_config(config, grid)
     model.load_state_dict(state["model"])

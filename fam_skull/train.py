@@ -32,7 +32,7 @@ from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.prepare import DEFAULT_DEFECTS
 from fam_skull import refine
-from fam_skull.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fam_skull.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.data import dataset, loader
 from fam_skull.fam.flatness import resolve_layer
@@ -45,7 +45,6 @@ from fam_skull.step import Stepper
 from fam_skull.transforms import EpochSeededDataset, training_augmentation
 
 log = logging.getLogger("fam_skull.train")
-CHECKPOINT_FORMAT = "fam-skull-checkpoint/2"  # /2: selection by implant DSC
 
 
 class TrainingError(RuntimeError):
@@ -340,6 +339,14 @@ class Trainer:
                 seed=cfg.train.seed,
                 objective=f.objective,
             )
+            steps = cfg.train.epochs * len(self.train_loader)
+            if f.warmup_steps >= steps and self.rank == 0:
+                log.warning(
+                    "fam.warmup_steps %d >= the %d steps of this run: FAM never switches on, so this run trains "
+                    "exactly as the baseline; lower fam.warmup_steps or raise train.epochs",
+                    f.warmup_steps,
+                    steps,
+                )
         self.stepper = Stepper(
             net,
             build_loss(cfg),

@@ -290,6 +290,11 @@ REFUSALS = {
         2,
         r"unknown key prepare\.synthetc \(did you mean prepare\.synthetic\?\)",
     ),
+    "demo run key misspelt, before any case is prepared": (
+        lambda t: ["demo", "--output", str(t["out"]), "run.train.epoch=3"],
+        2,
+        r"unknown key train\.epoch \(did you mean train\.epochs\?\)",
+    ),
     "evaluate output is a file": (
         lambda t: ["evaluate", str(t["predictions"]), "--manifest", str(t["manifest"]), "--output", str(t["file"])],
         2,
@@ -349,6 +354,16 @@ def test_bad_arguments_are_refused_before_any_work(name, tmp_path, manifest, tra
     assert (tmp_path / "a_file.txt").read_text() == "not a folder"
     assert not (tmp_path / "out").exists() or not any(p for p in (tmp_path / "out").rglob("*") if p.name != LOCK_NAME and p.is_file())
     assert not list(tmp_path.parent.rglob("ESCAPED*"))
+
+
+def test_odd_settings_that_still_run_say_what_they_mean(tmp_path, manifest, capsys):
+    assert main(["prepare", str(tmp_path / "d"), "--synthetic", "2", "--grid", GRID, "--eval-fraction", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"no val or eval1 or eval2 cases in .*manifest\.json", err), err
+    config, _ = write_config(tmp_path, manifest, "fam", TINY_UNET, "run")
+    assert main(["train", str(config), "fam.warmup_steps=1000", "train.epochs=1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"fam\.warmup_steps 1000 >= the \d+ steps of this run: FAM never switches on", err), err
 
 
 def test_evaluate_exits_nonzero_when_every_case_failed(tmp_path, manifest, predictions, capsys):
@@ -476,6 +491,19 @@ def test_resume_from_a_checkpoint_that_does_not_fit(name, tmp_path, manifest, ca
     err = capsys.readouterr().err
     assert re.search(pattern, err), err
     assert "Traceback" not in err
+
+
+def test_a_checkpoint_of_an_unknown_format_is_refused_by_predict(tmp_path, manifest, trained_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for name in ("best.pt", "last.pt"):
+        path = run / "checkpoints" / name
+        if path.is_file():
+            save_checkpoint({**load_checkpoint(path), "format": "fam-skull-checkpoint/9"}, path)
+    assert main(["predict", "--run", str(run), "--manifest", str(manifest), "--output", str(tmp_path / "p"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"\.pt: checkpoint format 'fam-skull-checkpoint/9' is not one this version reads", err), err
+    assert not list((tmp_path / "p").glob("*.nii.gz"))
 
 
 def test_a_full_disk_while_saving_leaves_the_old_checkpoint(tmp_path, monkeypatch):

@@ -20,3 +20,16 @@ def test_missing_inputs_are_reported(capsys, tmp_path):
     assert "give --manifest or --files" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
+
+
+def test_top_level_help_does_not_import_the_stages():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom fam_skull.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'SimpleITK', 'numpy', 'data_prep'})\n"
+        "print('heavy:', heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "heavy: []" in done.stdout, done.stdout + done.stderr
