@@ -14,7 +14,7 @@ from data_prep.prepare import PrepareOptions, prepare
 from fam_skull.config import ConfigError, apply, merge
 from fam_skull.sweep import SweepResult, load_sweep, sweep
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"  # packaged: a wheel install runs the demo
 
 
 def demo(config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", overrides=(), *, quiet: bool = False) -> SweepResult:

@@ -152,6 +152,8 @@ def _job(args) -> tuple[str, str, dict]:
         result = {"case": case_id, "set": role, **evaluate_case(pred_files, gt_files, empty)}
     except (VolumeError, ValueError, OSError) as e:
         result = {"case": case_id, "set": role, "error": str(e)}
+    result["prediction_files"] = {k: str(v) for k, v in pred_files.items()}  # as nnU-Net's summary names them
+    result["reference_files"] = {k: str(v) for k, v in gt_files.items()}
     result["key"] = _key(pred_files, gt_files, empty)
     atomic_write_text(Path(method_dir) / "cases" / f"{case_id}.json", json.dumps(result, indent=1))
     return method_dir, case_id, result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,29 +114,39 @@ def save_figure(fig, path: Path) -> None:
 
 
 def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
-    """Implant DSC and HD95 per set and method."""
+    """Implant DSC and HD95 per set and method, one horizontal box per method (the seeds of a method, labelled
+    "<method>, seed N", are pooled into one box); HD95 on a log axis, so misses scored at the volume's diagonal
+    stay visible without flattening the rest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(sets), figsize=(4 + 2.2 * len(summaries) * len(sets), 7), squeeze=False)
-    for j, s in enumerate(sets):
-        for i, (metric, name) in enumerate((("dsc", "implant DSC"), ("hd95", "implant HD95 (mm)"))):
-            data = [
-                [r["implant"][metric] for r in summ["metric_per_case"] if r["set"] == s and "error" not in r] for summ in summaries.values()
-            ]
+    methods: dict[str, list[dict]] = {}
+    for label, summ in summaries.items():
+        methods.setdefault(re.sub(r", seed \d+$", "", label), []).extend(summ["metric_per_case"])
+    fig, axes = plt.subplots(len(sets), 2, figsize=(14, 1.2 + (0.45 * len(methods) + 0.8) * len(sets)), squeeze=False)
+    for i, s in enumerate(sets):
+        for j, (metric, name) in enumerate((("dsc", "implant DSC"), ("hd95", "implant HD95 (mm, log scale)"))):
+            data = [[r["implant"][metric] for r in rows if r["set"] == s and "error" not in r] for rows in methods.values()]
             ax = axes[i, j]
-            ax.boxplot([d if d else [np.nan] for d in data])
-            ax.set_xticks(range(1, len(summaries) + 1), list(summaries), rotation=20, ha="right", fontsize=8)
-            ax.set_title(f"{SET_NAMES.get(s, s)}: {name}")
+            ax.boxplot([d if d else [np.nan] for d in data], vert=False, widths=0.6, flierprops={"markersize": 3, "alpha": 0.5})
+            ax.set_yticks(range(1, len(methods) + 1), list(methods), fontsize=9)
+            ax.invert_yaxis()  # the first method on top, as in the tables
+            if metric == "hd95":
+                ax.set_xscale("log")
+            else:
+                ax.set_xlim(0, 1)
+            ax.set_title(f"{SET_NAMES.get(s, s)}: {name}", fontsize=10)
+            ax.set_xlabel(name)
+            ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
-    """Mid-slices through the reference implant of the best, median and worst cases (implant DSC):
-    defective skull grey, reference implant green, prediction outlined red."""
+    """Axial and coronal slices through the reference implant's centre for the best, median and worst cases
+    (implant DSC): defective skull grey, reference implant green, prediction outlined red; millimetre aspect."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,21 +159,27 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
     cases = {c["id"]: c for c in manifest.cases}
     folder = Path(summary["predictions"])
     index = read_index(folder)["cases"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
-    for ax, (name, r) in zip(axes, picks.items()):
+    fig, axes = plt.subplots(2, 3, figsize=(13, 8.5))
+    for column, (name, r) in enumerate(picks.items()):
         case = cases[r["case"]]
-        gt = to_array(read_image(manifest.file(case, "original", "implant"))) != 0
+        reference = read_image(manifest.file(case, "original", "implant"))
+        spacing = reference.GetSpacing()
+        gt = to_array(reference) != 0
         defective = to_array(read_image(manifest.file(case, "original", "defective"))) != 0
         pred = to_array(read_image(folder / index[r["case"]]["files"]["implant"])) != 0
-        z = int(np.argwhere(gt)[:, 2].mean()) if gt.any() else gt.shape[2] // 2
-        rgb = np.zeros(gt.shape[:2] + (3,))
-        rgb[defective[:, :, z]] = 0.6
-        rgb[gt[:, :, z]] = (0.1, 0.8, 0.2)
-        ax.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower")
-        if pred[:, :, z].any():
-            ax.contour(pred[:, :, z].T.astype(float), levels=[0.5], colors="red", linewidths=1)
-        ax.set_title(f"{name}: {r['case']} (DSC {r['implant']['dsc']:.3f}), axial slice {z}", fontsize=9)
-        ax.axis("off")
+        centre = np.argwhere(gt).mean(0).astype(int) if gt.any() else np.array(gt.shape) // 2
+        for row, (view, axis, (horizontal, vertical)) in enumerate((("axial", 2, (0, 1)), ("coronal", 1, (0, 2)))):
+            ax = axes[row, column]
+            cut = [np.take(m, centre[axis], axis=axis) for m in (defective, gt, pred)]
+            rgb = np.zeros(cut[0].shape + (3,))
+            rgb[cut[0]] = 0.6
+            rgb[cut[1]] = (0.1, 0.8, 0.2)
+            ax.imshow(np.transpose(rgb, (1, 0, 2)), origin="lower", aspect=spacing[vertical] / spacing[horizontal])
+            if cut[2].any():
+                ax.contour(cut[2].T.astype(float), levels=[0.5], colors="red", linewidths=1)
+            title = f"{name}: {r['case']} (implant DSC {r['implant']['dsc']:.3f})\n" if row == 0 else ""
+            ax.set_title(f"{title}{view} slice {centre[axis]}", fontsize=9)
+            ax.axis("off")
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 

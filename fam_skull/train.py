@@ -160,8 +160,8 @@ def augmentation_kinds(config: Config, manifest: Manifest) -> list[str]:
 
 
 def _plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
-    """Four labelled panels: losses, kappa, validation implant DSC (with the completed skull's for contrast)
-    and validation implant HD95; the epoch ``best.pt`` holds is marked."""
+    """Labelled panels: losses, kappa (only when FAM ran), validation implant DSC (with the completed skull's for
+    contrast) and validation implant HD95; the epoch ``best.pt`` holds is marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,32 +170,32 @@ def _plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
     def series(key):
         return [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    lines = [("task_loss", "task loss", 1.0)] + ([("loss", "total loss (with FAM)", 0.6)] if series("kappa") else [])
+    fam = bool(series("kappa"))
+    fig, axes = plt.subplots(1, 4 if fam else 3, figsize=(17 if fam else 13, 3.8))
+    loss_ax, dsc_ax, hd_ax = axes[0], axes[-2], axes[-1]
+    lines = [("task_loss", "task loss", 1.0)] + ([("loss", "total loss (with FAM)", 0.6)] if fam else [])
     for key, label, alpha in lines:
         if series(key):
-            axes[0].plot(*zip(*series(key)), label=label, alpha=alpha)
-    axes[0].set(title="training loss", ylabel="loss")
+            loss_ax.plot(*zip(*series(key)), label=label, alpha=alpha)
+    loss_ax.set(title="training loss", ylabel="loss")
     if series("task_loss"):
-        axes[0].legend()
-    if series("kappa"):
+        loss_ax.legend()
+    if fam:
         axes[1].plot(*zip(*series("kappa")), color="tab:red")
-    else:
-        axes[1].text(0.5, 0.5, "no FAM steps", ha="center", va="center", transform=axes[1].transAxes, color="grey")
-    axes[1].set(title="kappa (FAM layer, training batches)", ylabel="kappa")
+        axes[1].set(title="kappa of the FAM layer (training batches)", ylabel="kappa")
     for key, label, color in (("val_implant_dsc", "implant", "tab:green"), ("val_skull_dsc", "completed skull", "tab:grey")):
         if series(key):
-            axes[2].plot(*zip(*series(key)), marker="o", color=color, label=label)
-    axes[2].set(title="validation DSC (best.pt: highest implant DSC)", ylabel="DSC", ylim=(0, 1.02))
+            dsc_ax.plot(*zip(*series(key)), marker="o", color=color, label=label)
+    dsc_ax.set(title="validation DSC (best.pt: highest implant DSC)", ylabel="DSC", ylim=(0, 1.02))
     if series("val_implant_hd95"):
-        axes[3].plot(*zip(*series("val_implant_hd95")), marker="o", color="tab:purple")
-    axes[3].set(title="validation implant HD95", ylabel="HD95 (mm)")
+        hd_ax.plot(*zip(*series("val_implant_hd95")), marker="o", color="tab:purple")
+    hd_ax.set(title="validation implant HD95", ylabel="HD95 (mm)")
     for ax in axes:
         ax.set_xlabel("epoch")
     if best_epoch:
-        for ax in axes[2:]:
+        for ax in (dsc_ax, hd_ax):
             ax.axvline(best_epoch, color="black", linestyle=":", linewidth=1, label=f"best.pt (epoch {best_epoch})")
-        axes[2].legend(loc="lower right")
+        dsc_ax.legend(loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 

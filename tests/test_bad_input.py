@@ -383,6 +383,9 @@ def test_cached_scores_follow_the_options_and_the_reference(tmp_path, manifest, 
     case_file = sorted((out / "baseline" / "cases").glob("*.json"))[0]
     first = json.loads(case_file.read_text())
     assert first["key"]["empty"] == "diagonal"
+    assert first["prediction_files"]["implant"].startswith(str(predictions)) and first["reference_files"]["implant"].endswith(
+        "_implant.nii.gz"
+    )
     assert main(["evaluate", *eval_args, "--empty", "inf"]) == 0
     again = json.loads(case_file.read_text())
     assert again["key"]["empty"] == "inf"

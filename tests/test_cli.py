@@ -33,3 +33,24 @@ def test_top_level_help_does_not_import_the_stages():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "heavy: []" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_wheel_carries_what_the_demo_needs(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("fam_skull-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"fam_skull/configs/{p.name}" for p in (root / "configs").glob("*.yaml")}
+    assert "fam_skull/configs/demo.yaml" in shipped and shipped <= names
+    assert {"fam_skull/fam/flatness.py", "data_prep/prepare.py"} <= names
