@@ -133,7 +133,7 @@ def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
             ax.boxplot([d if d else [np.nan] for d in data], vert=False, widths=0.6, flierprops={"markersize": 3, "alpha": 0.5})
             ax.set_yticks(range(1, len(methods) + 1), list(methods), fontsize=9)
             ax.invert_yaxis()  # the first method on top, as in the tables
-            if metric == "hd95":
+            if metric == "hd95" and any(v > 0 for d in data for v in d):  # log needs a positive value
                 ax.set_xscale("log")
             else:
                 ax.set_xlim(0, 1)
