@@ -12,7 +12,7 @@ from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
 from fam_skull import FAMRegularizer
-from fam_skull.fam.flatness import flatness_of_loss
+from fam_skull.fam.flatness import flatness_of_loss, resolve_layer
 
 DICE = DiceLoss(to_onehot_y=True, softmax=True)
 
@@ -62,6 +62,41 @@ def test_regularizer_gradient_is_task_plus_lambda_kappa():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
     assert "Primitive" in type(model.model[1].submodule.conv.unit0.adn.N).__name__
+
+
+def test_fused_norms_upstream_of_the_fam_layer_keep_the_gradient_exact():
+    """After the first forward the encoder's norms are fused again; the FAM gradient still equals the one computed
+    with every norm a primitive twin (float64), while fusing the decoder's norms too would change it."""
+    import copy
+
+    from fam_skull.fam.norms import decomposed_norms, restore_norms
+
+    torch.manual_seed(0)
+    model = UNet(3, 1, 2, channels=(2, 4, 8), strides=(2, 2), num_res_units=1).double()
+    reference = copy.deepcopy(model)
+    x, y = batch(2)
+    reg = FAMRegularizer(model, lam=0.5, seed=3)
+    reg(DICE, x, y)  # the first forward: upstream norms fused from here on
+    kinds = {name: type(m).__name__ for name, m in model.named_modules() if "Norm" in type(m).__name__}
+    fused = sorted(name for name, kind in kinds.items() if not kind.startswith("Primitive"))
+    assert fused == ["model.0.conv.unit0.adn.N", "model.1.submodule.0.conv.unit0.adn.N"]  # the encoder only
+    assert len(kinds) - len(fused) == 4  # the bottleneck's norm and the decoder's stay twins
+    state = reg.generator.get_state()
+    out = reg(DICE, x, y)
+    got = torch.autograd.grad(out.loss, list(model.parameters()))
+
+    def full_twins_gradient(net):
+        loss = DICE(net(x), y)
+        kappa = flatness_of_loss(loss, resolve_layer(net, "bottleneck"), generator=torch.Generator().manual_seed(0).set_state(state))
+        return torch.autograd.grad(loss + 0.5 * kappa, list(net.parameters()))
+
+    with decomposed_norms(reference):
+        want = full_twins_gradient(reference)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    restore_norms(reference)  # every norm fused: the third-order terms through the decoder go wrong
+    wrong = full_twins_gradient(reference)
+    assert max(float((a - b).abs().max()) for a, b in zip(wrong, want)) > 1e-6
 
 
 def plain_loop(model, reg, x, y, steps):

@@ -146,6 +146,38 @@ def restore_norms(model: nn.Module) -> None:
             _restore(module)
 
 
+def restore_modules(model: nn.Module, names: list[str]) -> None:
+    """Put the stock (fused) class back on the named twins of :func:`decompose_norms`."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if type(modules[name]) in _CLASSES.values():
+            _restore(modules[name])
+
+
+def independent_of(outputs: dict[str, list[torch.Tensor]], parameter: torch.Tensor) -> list[str]:
+    """The names whose tensors' autograd history never reaches ``parameter``.
+
+    A normalization layer upstream of the FAM layer only meets first derivatives (kappa's gradient reaches it
+    through the layer's input, once), where the fused kernels are right; only the layers whose input depends on
+    the FAM weight are differentiated three times and need the primitive twin.
+    """
+    depends: dict[object, bool] = {}
+    for tensors in outputs.values():
+        for tensor in tensors:
+            stack = [(tensor.grad_fn, False)]
+            while stack:
+                node, expanded = stack.pop()
+                if node is None or node in depends:
+                    continue
+                parents = [n for n, _ in node.next_functions if n is not None]
+                if expanded:
+                    depends[node] = getattr(node, "variable", None) is parameter or any(depends.get(n, False) for n in parents)
+                else:
+                    stack.append((node, True))
+                    stack.extend((n, False) for n in parents if n not in depends)
+    return [name for name, tensors in outputs.items() if not any(depends.get(t.grad_fn, False) for t in tensors)]
+
+
 @contextlib.contextmanager
 def decomposed_norms(model: nn.Module) -> Iterator[list[str]]:
     """Context in which ``model``'s fused norms are primitive-op twins; the ones swapped here come back after."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fam_skull.fam.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
-from fam_skull.fam.norms import decompose_norms
+from fam_skull.fam.norms import decompose_norms, independent_of, restore_modules
 
 # The one default lambda (config, this class, README): with the default Dice + cross-entropy (mean) loss,
 # lambda * ||grad kappa|| was 0.03-0.1 x ||grad loss|| at a trained demo U-Net's bottleneck.
@@ -49,9 +49,10 @@ class FAMRegularizer:
             matrix: >= 0, second order), ``published`` (the authors' ||W||_F * Tr(H)) or ``l2`` (||W||_F^2);
             see :func:`~fam_skull.fam.flatness.flatness_of_loss`.
 
-    The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place and for good, for
-    primitive-op twins with the same parameters and state_dict (:mod:`fam_skull.fam.norms`): the fused kernels'
-    third-order derivatives are wrong, and the FAM gradient is third order.
+    The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place, for primitive-op twins with
+    the same parameters and state_dict (:mod:`fam_skull.fam.norms`): the fused kernels' third-order derivatives
+    are wrong, and the FAM gradient is third order. After the first forward, the twins whose input does not
+    depend on the FAM layer's weight (the encoder of a U-Net: differentiated once) get their fused kernels back.
     """
 
     def __init__(
@@ -85,7 +86,26 @@ class FAMRegularizer:
         self.warmup_steps = warmup_steps
         self.step = 0
         self.generator = torch.Generator(device=self.ref.weight.device).manual_seed(seed)
-        decompose_norms(unwrap(model))
+        self._norm_outputs: dict[str, list[torch.Tensor]] = {}
+        self._hooks = [
+            unwrap(model).get_submodule(name).register_forward_hook(self._recorder(name)) for name in decompose_norms(unwrap(model))
+        ]
+
+    def _recorder(self, name: str):
+        def record(module, args, output) -> None:
+            self._norm_outputs.setdefault(name, []).append(output)
+
+        return record
+
+    def _fuse_upstream(self) -> None:
+        """Once a forward with a graph was recorded: fused kernels back on the norms upstream of the FAM layer."""
+        recorded, self._norm_outputs = self._norm_outputs, {}
+        if not recorded or any(t.grad_fn is None for tensors in recorded.values() for t in tensors):
+            return  # no graph (no_grad, frozen input): look again at the next forward
+        restore_modules(unwrap(self.model), independent_of(recorded, self.ref.weight))
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     @property
     def active(self) -> bool:
@@ -101,6 +121,8 @@ class FAMRegularizer:
     def regularize(self, task_loss: torch.Tensor, outputs: torch.Tensor | None = None) -> FAMOutput:
         """The FAM loss for a task loss computed by a forward through ``model`` (whose ``outputs``, the logits,
         the ``fisher`` objective needs); advances the step count."""
+        if self._hooks:
+            self._fuse_upstream()
         active = self.active
         self.step += 1
         if not active:
