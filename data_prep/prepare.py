@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
 from data_prep.folder import claim
@@ -20,6 +19,7 @@ from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, r
 from data_prep.manifest import FORMAT, KINDS, ROLES, Manifest
 from data_prep.phantom import synthetic_skull
 from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
+from data_prep.progress import progress
 from data_prep.sources import Skip, SourceCase, discover
 
 log = logging.getLogger("fam_skull.prepare")
@@ -352,7 +352,7 @@ def _prepare(opts: PrepareOptions) -> PrepareResult:
     for case in todo:
         groups.setdefault(_source_key(case), []).append(case)
     jobs = [(g, opts) for g in groups.values()]
-    bar = tqdm(total=len(todo), desc="prepare", unit="case", disable=opts.quiet or not todo)
+    bar = progress(total=len(todo), desc="prepare", unit="case", quiet=opts.quiet or not todo)
     results = []
     if opts.workers > 1 and len(jobs) > 1:
         # spawn: forked children can deadlock in thread pools (OpenMP, ITK) the parent already started

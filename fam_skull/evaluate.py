@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_prep.folder import claim
 from data_prep.io import Geometry, VolumeError, atomic_write_text, read_image, read_json, to_array
 from data_prep.manifest import Manifest
+from data_prep.progress import progress
 from fam_skull.metrics import EMPTY_POLICIES, compute_metrics
 from fam_skull.predict import read_index
 
@@ -235,7 +235,7 @@ def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
                     results[label].append(failure)
                     continue
                 jobs.append((str(method_dir), case["id"], role, pred_files, gt_files, opts.empty))
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=opts.quiet or not jobs)
+    bar = progress(total=len(jobs), desc="evaluate", unit="case", quiet=opts.quiet or not jobs)
     if opts.workers > 1 and len(jobs) > 1:
         # spawn: forked children can deadlock in thread pools (ITK, OpenMP) the parent already started
         with mp.get_context("spawn").Pool(opts.workers) as pool:

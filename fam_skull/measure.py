@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import Dataset
-from tqdm import tqdm
 
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
+from data_prep.progress import progress
 from fam_skull.data import items, transforms
 from fam_skull.fam.flatness import relative_flatness
 from fam_skull.runs import build_loss, load_run, method_label
@@ -72,7 +72,7 @@ def measure_flatness(
     loss_fn = build_loss(config)
     generator = torch.Generator().manual_seed(seed)
     per_case = {}
-    for item in tqdm(Dataset(entries, transforms()), total=len(entries), desc="flatness", unit="case", disable=quiet):
+    for item in progress(Dataset(entries, transforms()), total=len(entries), desc="flatness", unit="case", quiet=quiet):
         kappa = relative_flatness(
             model,
             config.fam.layer,

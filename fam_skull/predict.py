@@ -22,12 +22,12 @@ import SimpleITK as sitk
 import torch
 import yaml
 from scipy import ndimage
-from tqdm import tqdm
 
 from data_prep.folder import claim
 from data_prep.io import VolumeError, atomic_write_bytes, atomic_write_text, from_array, read_image, read_json, to_array, write_image
 from data_prep.manifest import Manifest
 from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
+from data_prep.progress import progress
 from data_prep.sources import safe_id, stem
 from fam_skull.models import implant_mask
 from fam_skull.refine import refine_implant, scan_probability
@@ -264,7 +264,7 @@ def _predict(opts: PredictOptions) -> PredictResult:
     failed = index["failed"] = []
     cases = _cases(opts, grid)
     reused = predicted = 0
-    for case in tqdm(cases, desc="predict", unit="case", disable=opts.quiet):
+    for case in progress(cases, desc="predict", unit="case", quiet=opts.quiet):
         cid = case["id"]
         entry = done.get(cid)
         if entry and all((output / f).is_file() for f in entry["files"].values()):

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
-from tqdm import tqdm
 
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.preprocess import Layout
+from data_prep.progress import progress
 from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
 
@@ -137,7 +137,7 @@ def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device, q
     cases = manifest.role(role)
     if not cases:
         raise ManifestError(f"{manifest.path}: no {role} cases; prepare more skulls or change the split")
-    return [load_case(manifest, c, coarse, device) for c in tqdm(cases, desc=f"refine data ({role})", unit="case", disable=quiet)]
+    return [load_case(manifest, c, coarse, device) for c in progress(cases, desc=f"refine data ({role})", unit="case", quiet=quiet)]
 
 
 @torch.no_grad()

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from data_prep.defects import DEFECT_TYPES
 from data_prep.folder import check_folder, claim
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.prepare import DEFAULT_DEFECTS
+from data_prep.progress import progress
 from fam_skull import refine
 from fam_skull.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
@@ -478,8 +478,8 @@ class Trainer:
         losses, task_losses, kappas = [], [], []
         steps = skipped = 0
         wait = busy = 0.0
-        bar = tqdm(
-            total=len(self.train_loader), desc=f"epoch {epoch}/{self.cfg.train.epochs}", disable=self.quiet or self.rank != 0, leave=False
+        bar = progress(
+            total=len(self.train_loader), desc=f"epoch {epoch}/{self.cfg.train.epochs}", quiet=self.quiet or self.rank != 0, leave=False
         )
         t0 = time.perf_counter()
         for batch in self.train_loader:
