@@ -6,7 +6,6 @@ Arrays are indexed (x, y, z) like nibabel and MONAI; geometry is ITK's (LPS phys
 from __future__ import annotations
 
 import errno
-import gzip
 import json
 import os
 import tempfile
@@ -75,6 +74,7 @@ def _nifti_problem(path: Path) -> str | None:
     """Why a NIfTI file's voxels cannot be trusted, or None. SimpleITK fills a cut-off file with zeros and reads
     NaN as 0 without a word; the header says how many bytes the voxels take, and nibabel keeps NaN."""
     import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
 
     try:
         img = nib.load(str(path))
@@ -89,7 +89,7 @@ def _nifti_problem(path: Path) -> str | None:
         if whole and dtype.kind != "f":
             return None
         data = np.asarray(img.dataobj)  # decodes every byte: EOFError for a truncated stream
-    except (EOFError, OSError, ValueError, gzip.BadGzipFile) as e:
+    except (EOFError, OSError, ValueError, ImageFileError) as e:  # OSError covers gzip.BadGzipFile
         return f"truncated or corrupt ({type(e).__name__}: {e})"
     if not whole and not path.name.endswith(".gz"):
         return f"truncated ({path.stat().st_size} bytes, the header needs {expected})"

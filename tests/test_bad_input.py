@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import yaml
-from conftest import TINY_UNET, write_config, write_volume
+from helpers import TINY_UNET, write_config, write_volume
 
 from data_prep.defects import make_defect
 from data_prep.folder import LOCK_NAME, FolderError, check_folder

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import write_volume
+from helpers import write_volume
 
 from data_prep.defects import make_defect
 from fam_skull.cli import main

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import TINY_UNET
+from helpers import TINY_UNET
 
 from fam_skull.cli import main
 

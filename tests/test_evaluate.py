@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import write_volume
+from helpers import write_volume
 from medpy.metric import binary
 
 from data_prep.io import read_image, to_array

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import numpy as np
-from conftest import write_volume
+from helpers import write_volume
 
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import write_volume
+from helpers import write_volume
 
 from data_prep.defects import make_defect
 from data_prep.io import read_image, to_array

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_UNET, write_config
+from helpers import TINY_UNET, write_config
 
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_UNET, write_config
+from helpers import TINY_UNET, write_config
 
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.cli import main

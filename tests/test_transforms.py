@@ -89,7 +89,7 @@ def test_defect_transform_composes_with_a_cache_dataset(item):
 
 
 def test_defect_transform_reads_a_nifti_skull_loaded_by_monai(item, tmp_path):
-    from conftest import write_volume
+    from helpers import write_volume
     from monai.transforms import LoadImaged, Orientationd
 
     spacing = item["spacing"].tolist()
