@@ -1,7 +1,9 @@
 """data_prep.io: atomic writes with the umask's permissions, JSON reading with the file named, NIfTI integrity."""
 
-import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +15,10 @@ from data_prep.io import VolumeError, atomic_path, atomic_write_text, read_image
 def test_atomic_path_replaces_whole_files_with_umask_permissions(tmp_path):
     target = tmp_path / "sub" / "report.json"
     atomic_write_text(target, "old")
-    old_mask = os.umask(0o027)
-    try:
-        import importlib
-
-        import data_prep.io as io
-
-        importlib.reload(io)  # the mode is read from the umask at import
-        io.atomic_write_text(target, "new")
-        assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    finally:
-        os.umask(old_mask)
-        importlib.reload(io)
+    # the mode is read from the umask at import: a fresh process with a group-only umask
+    script = f"import os\nos.umask(0o027)\nfrom data_prep.io import atomic_write_text\natomic_write_text({str(target)!r}, 'new')"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed mid-write")
