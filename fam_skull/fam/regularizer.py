@@ -87,6 +87,7 @@ class FAMRegularizer:
         self.step = 0
         self.generator = torch.Generator(device=self.ref.weight.device).manual_seed(seed)
         self._norm_outputs: dict[str, list[torch.Tensor]] = {}
+        self._fused: list[str] | None = None  # the norms given their fused kernels back, once known
         self._hooks = [
             unwrap(model).get_submodule(name).register_forward_hook(self._recorder(name)) for name in decompose_norms(unwrap(model))
         ]
@@ -102,10 +103,13 @@ class FAMRegularizer:
         recorded, self._norm_outputs = self._norm_outputs, {}
         if not recorded or any(t.grad_fn is None for tensors in recorded.values() for t in tensors):
             return  # no graph (no_grad, frozen input): look again at the next forward
-        restore_modules(unwrap(self.model), independent_of(recorded, self.ref.weight))
+        self._fuse(independent_of(recorded, self.ref.weight))
+
+    def _fuse(self, names: list[str]) -> None:
+        restore_modules(unwrap(self.model), names)
         for hook in self._hooks:
             hook.remove()
-        self._hooks = []
+        self._hooks, self._fused = [], list(names)
 
     @property
     def active(self) -> bool:
@@ -169,8 +173,11 @@ class FAMRegularizer:
         return engine.state.output
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "generator": self.generator.get_state()}
+        # which norms are fused is state too: a resumed run must round exactly as the uninterrupted one
+        return {"step": self.step, "generator": self.generator.get_state(), "fused": self._fused}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.generator.set_state(state["generator"])
+        if state.get("fused") is not None:
+            self._fuse(list(state["fused"]))
