@@ -36,14 +36,21 @@ def test_top_level_help_does_not_import_the_stages():
 
 
 def test_a_wheel_carries_what_the_demo_needs(tmp_path):
+    import shutil
     import subprocess
     import sys
     import zipfile
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "src"  # built from a copy: setuptools leaves build/ next to the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for name in ("fam_skull", "data_prep"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
