@@ -312,3 +312,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
     return validate(build_section(Config, merge(values, list(overrides))))
+
+
+RESUMABLE = (
+    "train.epochs",
+    "train.val_every",
+    "train.save_epochs",
+    "train.threads",
+    "train.device",
+    "train.amp",
+    "train.max_nonfinite",
+    "train.max_weight",
+    "data.num_workers",
+    "data.cache",
+    "optim.lr",
+    "optim.weight_decay",
+    "fam.lam",
+    "fam.every",
+    "fam.probes",
+    "sam.rho",
+)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path | None = None) -> tuple[Config, Path]:
+    """The validated config and run folder of a new or resumed run.
+
+    Raises:
+        ConfigError: on resume, an override of a key outside :data:`RESUMABLE`.
+    """
+    if resume is not None:
+        run = Path(resume)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run}: no config.yaml there; is it a fam-skull run folder?")
+        before, after = _flat(load_config(run / "config.yaml").to_dict()), _flat(load_config(run / "config.yaml", overrides).to_dict())
+        fixed = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in after if after[k] != before[k] and k not in RESUMABLE]
+        if fixed:
+            raise ConfigError(
+                f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
+                f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}"
+            )
+        return load_config(run / "config.yaml", overrides), run
+    if isinstance(config, Config):
+        return config, Path(config.output)
+    cfg = load_config(config, overrides)
+    return cfg, Path(cfg.output)

@@ -9,13 +9,8 @@ rank 0 validates, logs and writes checkpoints.
 
 from __future__ import annotations
 
-import csv
 import gc
-import io
 import logging
-import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,16 +28,17 @@ from data_prep.prepare import DEFAULT_DEFECTS
 from data_prep.progress import progress
 from fam_skull import refine
 from fam_skull.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from fam_skull.config import Config, ConfigError, load_config
+from fam_skull.config import Config, ConfigError, resolve
+from fam_skull.curves import plot_curves, write_metrics
 from fam_skull.data import dataset, loader
+from fam_skull.distributed import init_distributed, rank_spread, rng_state, set_rng_state
 from fam_skull.fam.flatness import resolve_layer
 from fam_skull.fam.regularizer import FAMRegularizer
-from fam_skull.metrics import implant_scores
-from fam_skull.models import implant_mask
-from fam_skull.report import save_figure
+from fam_skull.optim import build_optimizer, lr_factor
 from fam_skull.runs import build_loss, load_run, model_from_config
 from fam_skull.step import Stepper
 from fam_skull.transforms import EpochSeededDataset, training_augmentation
+from fam_skull.validation import validate
 
 log = logging.getLogger("fam_skull.train")
 
@@ -59,36 +55,6 @@ class TrainResult:
     best_epoch: int
 
 
-def _optimizer(config: Config, params) -> torch.optim.Optimizer:
-    o = config.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
-
-
-def lr_factor(config: Config):
-    """The learning-rate multiplier as a closed-form function of the finished epochs, so a resumed (or
-    extended) run recomputes it from the current config instead of replaying a chain of updates."""
-    epochs, name = config.train.epochs, config.optim.scheduler
-    if name == "poly":
-        return lambda done: max(1.0 - done / epochs, 0.0) ** 0.9
-    if name == "cosine":
-        return lambda done: 0.5 * (1.0 + math.cos(math.pi * min(done, epochs) / epochs))
-    return lambda done: 1.0
-
-
-def _distributed() -> tuple[int, int, int, bool]:
-    """(rank, world size, local rank, whether this call started the process group)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    started = world > 1 and not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if world == 1:
-        return 0, 1, 0, False
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), started
-
-
 def _device(config: Config, local_rank: int) -> torch.device:
     name = config.train.device
     if name == "auto":
@@ -98,56 +64,9 @@ def _device(config: Config, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _rank_spread(model: torch.nn.Module, world: int) -> float | None:
-    """Largest difference of per-tensor parameter sums across ranks (0.0 when replicas are in sync)."""
-    if world == 1:
-        return None
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
-    gathered = [torch.empty_like(sums) for _ in range(world)]
-    dist.all_gather(gathered, sums)
-    return float(max((g - gathered[0]).abs().max() for g in gathered))
-
-
 def _largest_weight(model: torch.nn.Module) -> float:
     """The largest absolute weight (inf or nan when any is not finite)."""
     return float(torch.stack([p.detach().abs().max() for p in model.parameters()]).max())
-
-
-@torch.no_grad()
-def validate(model: torch.nn.Module, val_ds, device) -> dict:
-    """Mean implant DSC, implant HD95 (mm) and completed-skull DSC over the validation cases, on the grid.
-
-    The implant is :func:`~fam_skull.models.implant_mask` of the output; a missed implant scores DSC 0 and
-    the grid's diagonal as HD95 (the evaluation's default policy), so it always lowers the mean.
-    """
-    model.eval()
-    rows = []
-    for item in val_ds:
-        defective = item["image"][None].to(device)
-        implant = implant_mask(model(defective), defective)[0, 0].cpu().numpy()
-        rows.append(implant_scores(implant, item["implant"][0].numpy() > 0.5, item["image"][0].numpy() > 0.5, item["spacing"].numpy()))
-    return {f"val_{key}": float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
 def augmentation_kinds(config: Config, manifest: Manifest) -> list[str]:
@@ -159,114 +78,14 @@ def augmentation_kinds(config: Config, manifest: Manifest) -> list[str]:
     return trained or list(DEFAULT_DEFECTS)
 
 
-def _plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
-    """Labelled panels: losses, kappa (only when FAM ran), validation implant DSC (with the completed skull's for
-    contrast) and validation implant HD95; the epoch ``best.pt`` holds is marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def series(key):
-        return [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
-
-    fam = bool(series("kappa"))
-    fig, axes = plt.subplots(1, 4 if fam else 3, figsize=(17 if fam else 13, 3.8))
-    loss_ax, dsc_ax, hd_ax = axes[0], axes[-2], axes[-1]
-    lines = [("task_loss", "task loss", 1.0)] + ([("loss", "total loss (with FAM)", 0.6)] if fam else [])
-    for key, label, alpha in lines:
-        if series(key):
-            loss_ax.plot(*zip(*series(key)), label=label, alpha=alpha)
-    loss_ax.set(title="training loss", ylabel="loss")
-    if series("task_loss"):
-        loss_ax.legend()
-    if fam:
-        axes[1].plot(*zip(*series("kappa")), color="tab:red")
-        axes[1].set(title="kappa of the FAM layer (training batches)", ylabel="kappa")
-    for key, label, color in (("val_implant_dsc", "implant", "tab:green"), ("val_skull_dsc", "completed skull", "tab:grey")):
-        if series(key):
-            dsc_ax.plot(*zip(*series(key)), marker="o", color=color, label=label)
-    dsc_ax.set(title="validation DSC (best.pt: highest implant DSC)", ylabel="DSC", ylim=(0, 1.02))
-    if series("val_implant_hd95"):
-        hd_ax.plot(*zip(*series("val_implant_hd95")), marker="o", color="tab:purple")
-    hd_ax.set(title="validation implant HD95", ylabel="HD95 (mm)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    if best_epoch:
-        for ax in (dsc_ax, hd_ax):
-            ax.axvline(best_epoch, color="black", linestyle=":", linewidth=1, label=f"best.pt (epoch {best_epoch})")
-        dsc_ax.legend(loc="lower right")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _write_metrics(history: list[dict], path: Path) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, out.getvalue())
-
-
 # Keys a resumed run may change; the others shape the model, the data or the optimizer state in the checkpoint.
-RESUMABLE = (
-    "train.epochs",
-    "train.val_every",
-    "train.save_epochs",
-    "train.threads",
-    "train.device",
-    "train.amp",
-    "train.max_nonfinite",
-    "train.max_weight",
-    "data.num_workers",
-    "data.cache",
-    "optim.lr",
-    "optim.weight_decay",
-    "fam.lam",
-    "fam.every",
-    "fam.probes",
-    "sam.rho",
-)
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return out
-
-
-def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path | None = None) -> tuple[Config, Path]:
-    """The validated config and run folder of a new or resumed run.
-
-    Raises:
-        ConfigError: on resume, an override of a key outside :data:`RESUMABLE`.
-    """
-    if resume is not None:
-        run = Path(resume)
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run}: no config.yaml there; is it a fam-skull run folder?")
-        before, after = _flat(load_config(run / "config.yaml").to_dict()), _flat(load_config(run / "config.yaml", overrides).to_dict())
-        fixed = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in after if after[k] != before[k] and k not in RESUMABLE]
-        if fixed:
-            raise ConfigError(
-                f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
-                f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}"
-            )
-        return load_config(run / "config.yaml", overrides), run
-    if isinstance(config, Config):
-        return config, Path(config.output)
-    cfg = load_config(config, overrides)
-    return cfg, Path(cfg.output)
-
-
 class Trainer:
     """One training run. The constructor does everything that can fail on bad input (config, manifest, model,
     FAM layer, batch split, checkpoint to resume), so errors come before any training; :meth:`run` trains."""
 
     def __init__(self, cfg: Config, run: Path, *, resume: bool = False, quiet: bool = False) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, run, quiet
-        self.rank, self.world, local_rank, self._owns_group = _distributed()
+        self.rank, self.world, local_rank, self._owns_group = init_distributed()
         if self.rank == 0:
             check_folder(run, create=False)
         if not resume and (run / "checkpoints" / "last.pt").is_file():
@@ -322,7 +141,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.net = net
-        self.optimizer = _optimizer(cfg, self.model.parameters())
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
         self.regularizer = None
         if cfg.method == "fam":
@@ -411,7 +230,7 @@ class Trainer:
         self.stepper.scaler.load_state_dict(state["scaler"])
         if self.regularizer is not None and state.get("regularizer"):
             self.regularizer.load_state_dict(state["regularizer"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.start_epoch, self.best, self.best_epoch, self.history = (
             state["epoch"] + 1,
             state["best_implant_dsc"],
@@ -428,7 +247,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.stepper.scaler.state_dict(),
             "regularizer": self.regularizer.state_dict() if self.regularizer is not None else {},
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "best_implant_dsc": self.best,
             "best_epoch": self.best_epoch,
             "history": self.history,
@@ -520,7 +339,7 @@ class Trainer:
             "step_time": busy / max(steps, 1),
             "data_wait_share": wait / max(wait + busy, 1e-12),
             "skipped_steps": skipped,
-            "rank_spread": _rank_spread(self.model, self.world),
+            "rank_spread": rank_spread(self.model, self.world),
         }
 
     def _last_good(self) -> str:
@@ -564,8 +383,8 @@ class Trainer:
             save_checkpoint(state, self.ckpt_dir / "best.pt")
         if epoch in cfg.train.save_epochs:
             save_checkpoint(state, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
-        _write_metrics(self.history, self.run_dir / "metrics.csv")
-        _plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
+        write_metrics(self.history, self.run_dir / "metrics.csv")
+        plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
         for key in ("kappa", "val_implant_dsc", "val_implant_hd95", "val_skull_dsc", "step_time", "data_wait_share"):
             if row[key] is not None:
                 self._writer.add_scalar(f"epoch/{key}", row[key], epoch)

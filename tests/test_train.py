@@ -209,7 +209,7 @@ def _val_case():
 
 
 def test_validation_scores_the_implant_not_the_copied_input():
-    from fam_skull.train import validate
+    from fam_skull.validation import validate
 
     case = _val_case()
     perfect = validate(_Oracle(case["implant"]), [case], "cpu")
