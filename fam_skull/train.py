@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -85,8 +86,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: Path, *, resume: bool = False, quiet: bool = False) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, run, quiet
-        self.rank, self.world, local_rank, self._owns_group = init_distributed()
-        if self.rank == 0:
+        # what can fail on bad input is checked before a process group exists (torchrun's variables name the rank)
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if rank == 0:
             check_folder(run, create=False)
         if not resume and (run / "checkpoints" / "last.pt").is_file():
             raise ConfigError(f"output: {run} already holds a training run; continue it with --resume {run} or set output=ANOTHER_FOLDER")
@@ -101,9 +103,9 @@ class Trainer:
                 f"data.manifest: {len(missing)} volume(s) it names are missing, e.g. {missing[0]}; "
                 f"prepare the dataset again into {manifest.root}"
             )
-        if cfg.data.batch_size % self.world:
-            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {self.world} processes")
-        self.device = _device(cfg, local_rank)
+        if cfg.data.batch_size % world:
+            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split evenly over {world} processes")
+        self.device = _device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
@@ -114,6 +116,17 @@ class Trainer:
                 resolve_layer(self.model, cfg.fam.layer)
             except ValueError as e:
                 raise ConfigError(f"fam.layer: {e}") from None
+        self.rank, self.world, _, self._owns_group = init_distributed()
+        try:
+            self._build(manifest, resume)
+        except BaseException:
+            if self._owns_group:  # a failed start leaves no process group behind
+                dist.destroy_process_group()
+            raise
+
+    def _build(self, manifest: Manifest, resume: bool) -> None:
+        """Everything after the process group exists: data, loader, DDP, optimizer, FAM, the checkpoint to resume."""
+        cfg = self.cfg
         validating = bool(manifest.role("val")) and self.rank == 0
         if cfg.stage == "refine":
             self._refine_data(manifest, validating)
