@@ -7,16 +7,13 @@ import io
 from pathlib import Path
 
 from data_prep.io import atomic_write_text
-from fam_skull.report import save_figure
+from fam_skull.figures import pyplot, save_figure
 
 
 def plot_curves(history: list[dict], path: Path, best_epoch: int) -> None:
     """Labelled panels: losses, kappa (only when FAM ran), validation implant DSC (with the completed skull's for
     contrast) and validation implant HD95; the epoch ``best.pt`` holds is marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def series(key):
         return [(h["epoch"], h[key]) for h in history if h.get(key) is not None]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from data_prep.io import Geometry, VolumeError, atomic_write_text, read_image, r
 from data_prep.manifest import Manifest
 from data_prep.progress import progress
 from fam_skull.metrics import EMPTY_POLICIES, compute_metrics
-from fam_skull.predict import read_index
+from fam_skull.report import write_reports
+from fam_skull.runs import read_index, slug
 
 log = logging.getLogger("fam_skull.evaluate")
 TARGETS = ("implant", "complete")
@@ -61,10 +61,6 @@ class EvaluateOptions:
             raise ValueError(f"workers: must be >= 1, got {self.workers}")
         if self.empty not in EMPTY_POLICIES:
             raise ValueError(f"empty: one of {', '.join(EMPTY_POLICIES)}, got {self.empty!r}")
-
-
-def slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") or "method"
 
 
 def _methods(predictions: list[str]) -> list[tuple[str, Path, dict]]:
@@ -209,8 +205,6 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
 
 
 def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
-    from fam_skull.report import write_reports
-
     manifest = Manifest.load(opts.manifest)
     methods = _methods(opts.predictions)
     output = Path(opts.output)

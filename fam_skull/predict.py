@@ -31,26 +31,10 @@ from data_prep.progress import progress
 from data_prep.sources import safe_id, stem
 from fam_skull.models import implant_mask
 from fam_skull.refine import refine_implant, scan_probability
-from fam_skull.runs import load_run, method_label
+from fam_skull.runs import INDEX, load_run, method_label
 
 log = logging.getLogger("fam_skull.predict")
-INDEX = "predictions.json"
 STAGES = ("coarse", "refined")
-
-
-def read_index(folder: Path) -> dict:
-    """A predictions folder's index.
-
-    Raises:
-        FileNotFoundError, ValueError: missing, unreadable, or not an index written by ``fam-skull predict``.
-    """
-    path = folder / INDEX
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {INDEX}; run 'fam-skull predict' into this folder first")
-    index = read_json(path)
-    if not isinstance(index, dict) or not isinstance(index.get("cases"), dict) or not isinstance(index.get("method"), str):
-        raise ValueError(f"{path}: not an index written by 'fam-skull predict' (no 'method' and 'cases'); predict again with --force")
-    return index
 
 
 def clean_implant(implant: np.ndarray, spacing, min_component_mm3: float) -> np.ndarray:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.io import atomic_write_bytes, atomic_write_text, read_image, to_array
+from data_prep.io import atomic_write_text, read_image, to_array
 from data_prep.manifest import Manifest
-from fam_skull.predict import read_index
+from fam_skull.figures import pyplot, save_figure
+from fam_skull.runs import read_index, slug
 
 COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
 QUALITY = (("dsc", "DSC"), ("bdsc", "boundary DSC"), ("hd95", "HD95"))  # what AutoImplant 2021 scored
@@ -103,24 +104,11 @@ def per_case_csv(summaries: dict[str, dict]) -> str:
     return out.getvalue()
 
 
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
     """Implant DSC and HD95 per set and method, one horizontal box per method (the seeds of a method, labelled
     "<method>, seed N", are pooled into one box); HD95 on a log axis, so misses scored at the volume's diagonal
     stay visible without flattening the rest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     methods: dict[str, list[dict]] = {}
     for label, summ in summaries.items():
@@ -147,10 +135,7 @@ def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
 def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
     """Axial and coronal slices through the reference implant's centre for the best, median and worst cases
     (implant DSC): defective skull grey, reference implant green, prediction outlined red; millimetre aspect."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = sorted((r for r in summary["metric_per_case"] if "error" not in r), key=lambda r: r["implant"]["dsc"])
     if not ok:
@@ -201,7 +186,6 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
 def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, sets) -> None:
     """table(.md/.csv) for implants, table_complete(.md/.csv) for completed skulls, per_case.csv,
     boxplots.png, overlays_<method>.png and report.md in ``output``."""
-    from fam_skull.evaluate import slug
 
     output.mkdir(parents=True, exist_ok=True)
     runs = {label: [s] for label, s in summaries.items()}

@@ -3,11 +3,13 @@ back, and the label a run carries in tables. The stages (train, predict, refine,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
+from data_prep.io import read_json
 from fam_skull.checkpoint import READABLE_FORMATS, CheckpointError, load_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.models import build_model
@@ -75,3 +77,25 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     model = model_from_config(config, grid)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, grid, path
+
+
+INDEX = "predictions.json"  # a predictions folder's index, written by predict, read by evaluate and report
+
+
+def read_index(folder: Path) -> dict:
+    """A predictions folder's index.
+
+    Raises:
+        FileNotFoundError, ValueError: missing, unreadable, or not an index written by ``fam-skull predict``.
+    """
+    path = folder / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {INDEX}; run 'fam-skull predict' into this folder first")
+    index = read_json(path)
+    if not isinstance(index, dict) or not isinstance(index.get("cases"), dict) or not isinstance(index.get("method"), str):
+        raise ValueError(f"{path}: not an index written by 'fam-skull predict' (no 'method' and 'cases'); predict again with --force")
+    return index
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") or "method"

@@ -23,8 +23,9 @@ import numpy as np
 from scipy import stats
 
 from data_prep.io import atomic_write_text
+from fam_skull.figures import pyplot, save_figure
 from fam_skull.measure import measure_flatness
-from fam_skull.report import SET_NAMES, save_figure
+from fam_skull.report import SET_NAMES
 
 log = logging.getLogger("fam_skull.study")
 METRICS = (("dsc", "implant DSC", True), ("hd95", "implant HD95 (mm)", False))  # (key, name, higher is better)
@@ -121,10 +122,7 @@ def step_time_ratios(runs: list[StudyRun], reference: str) -> dict[str, float]:
 
 
 def _forest(rows: list[dict], sets, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     fig, axes = plt.subplots(len(METRICS), len(sets), figsize=(5.5 * len(sets), 0.45 * len(arms) * len(METRICS) + 2.5), squeeze=False)
@@ -150,10 +148,7 @@ def _forest(rows: list[dict], sets, path: Path) -> None:
 
 
 def _curves(runs: list[StudyRun], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(17, 4.8))
     arms = list(dict.fromkeys(r.arm for r in runs))

@@ -25,11 +25,11 @@ from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge
-from fam_skull.evaluate import EvaluateOptions, evaluate, slug
+from fam_skull.evaluate import EvaluateOptions, evaluate
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.report import QUALITY, paper_table
-from fam_skull.runs import method_label
+from fam_skull.runs import method_label, slug
 from fam_skull.study import StudyRun, write_study
 from fam_skull.train import train
 
