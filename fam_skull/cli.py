@@ -54,8 +54,8 @@ def _prepare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=d.threshold, help=f"bone threshold in HU for CT (default {d.threshold:g})")
     p.add_argument("--defects", type=_names, default=d.defects, help="defect types generated for training and eval1")
     p.add_argument("--shift-defects", type=_names, default=None, help="defect types of eval2 (unseen in training)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of skulls held out for validation (default %(default)s)")
+    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction, help="share of skulls held out for evaluation (default %(default)s)")
     p.add_argument("--eval1", type=_names, default=(), help="skull ids of evaluation set 1 (comma list or @file)")
     p.add_argument("--eval2", type=_names, default=(), help="skull ids of evaluation set 2 (comma list or @file)")
     p.add_argument("--mandible", action="store_true", help="synthetic skulls get a mandible arc")
@@ -65,11 +65,11 @@ def _prepare_parser(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="write train/val volumes on the grid only (the refinement stage needs them at the scan's resolution)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the splits and defects (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="parallel processes (default %(default)s)")
     p.add_argument("--force", action="store_true", help="redo finished cases")
     p.add_argument("--strict", action="store_true", help="exit nonzero when any input was skipped")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_prepare(args) -> int:
@@ -112,7 +112,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (omit with --resume)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5 fam.lam=0.02")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder exactly where it stopped")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _config_and_overrides(args) -> tuple[str | None, list[str]]:
@@ -149,11 +149,11 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stage", choices=["coarse", "refined"], default=None, help="with a refinement run: refined (default) or its coarse stage alone"
     )
-    p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind)
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--device", default=d.device)
+    p.add_argument("--input-kind", choices=["auto", "mask", "ct"], default=d.input_kind, help="how --files are binarized, as in prepare")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="bone threshold in HU for CT --files (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N] (default %(default)s)")
     p.add_argument("--force", action="store_true", help="redo finished cases")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_predict(args) -> int:
@@ -171,16 +171,16 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
 
     d = EvaluateOptions(predictions=[], manifest=Path("."), output=Path("."))
     p.add_argument("predictions", nargs="+", help="prediction folders, optionally label=folder")
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True, help="the prepared manifest holding the ground truth")
     p.add_argument("--output", type=Path, required=True, help="report folder")
     p.add_argument("--sets", type=_names, default=d.sets, help="evaluation sets (default eval1,eval2)")
     p.add_argument("--subset", type=int, default=d.subset, help="size of the subset aggregates (default 100)")
     p.add_argument(
         "--empty", choices=["diagonal", "inf"], default=d.empty, help="score of a missing surface (default: the volume diagonal)"
     )
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--workers", type=int, default=d.workers, help="parallel processes (default %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute cached per-case results")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_evaluate(args) -> int:
@@ -198,7 +198,7 @@ def _run_evaluate(args) -> int:
 def _sweep_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="sweep YAML (sections 'sweep' and 'run')")
     p.add_argument("overrides", nargs="*", help="e.g. sweep.seeds=[0,1] run.train.epochs=50")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_sweep(args) -> int:
@@ -215,8 +215,8 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("overrides", nargs="*", help="e.g. prepare.synthetic=6 run.train.epochs=2")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo settings (default configs/demo.yaml)")
-    p.add_argument("--output", type=Path, default=Path("demo_out"))
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--output", type=Path, default=Path("demo_out"), help="folder for data, runs and the report (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_demo(args) -> int:
@@ -229,16 +229,16 @@ def _run_demo(args) -> int:
 
 
 def _flatness_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True, help="prepared manifest")
+    p.add_argument("--run", type=Path, required=True, help="training run folder")
+    p.add_argument("--manifest", "--data", dest="data", type=Path, required=True, help="prepared manifest (--data: the old name)")
     p.add_argument("--roles", type=_names, default=("train",), help="manifest roles measured (default train)")
     p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per case")
     p.add_argument("--objective", choices=["kappa", "fisher"], default="kappa", help="kappa (Hessian) or fisher (Gauss-Newton)")
-    p.add_argument("--max-cases", type=int, default=None)
-    p.add_argument("--checkpoint", default="best")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-cases", type=int, default=None, help="measure the first N cases only")
+    p.add_argument("--checkpoint", default="best", help="best, last, epoch_NNNN or a .pt path")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
     p.add_argument("--output", type=Path, default=None, help="also write the result as JSON")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_flatness(args) -> int:
@@ -268,7 +268,7 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", type=Path, help="bundle folder to write")
     p.add_argument("--checkpoint", default="best", help="best, last, epoch_NNNN or a .pt path")
     p.add_argument("--min-component-mm3", type=float, default=100.0, help="implant pieces smaller than this are removed")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_export(args) -> int:

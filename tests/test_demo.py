@@ -63,7 +63,7 @@ def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest, caps
 
 def test_flatness_command(tmp_path, manifest, trained_run, capsys):
     out = tmp_path / "kappa.json"
-    assert main(["flatness", "--run", str(trained_run), "--data", str(manifest), "--probes", "2", "--output", str(out), "--quiet"]) == 0
+    assert main(["flatness", "--run", str(trained_run), "--manifest", str(manifest), "--probes", "2", "--output", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 8 and result["ci95"][0] <= result["kappa"] <= result["ci95"][1]
     assert abs(sum(result["per_case"].values()) / 8 - result["kappa"]) < 1e-12
