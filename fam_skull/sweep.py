@@ -188,7 +188,7 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
             shutil.copyfile(src, out / "report" / f"curves_{slug(name)}.png")
             curves += [f"### {names[name]}", "", f"![training curves](curves_{slug(name)}.png)", ""]
     report = out / "report" / "report.md"
-    head = ["# fam-skull sweep", "", f"Runs: {len(names)}; seeds: {config.seeds}.", ""]
+    head = ["# fam-skull report", "", f"Runs: {len(names)}; seeds: {config.seeds}.", ""]
     if multi_seed:  # with one seed the evaluation's own table below is this table
         head += ["## Paper table (implants, mean ± std over seeds)", "", md, "## Implant quality (mean ± std over seeds)", "", quality]
     if config.study:
