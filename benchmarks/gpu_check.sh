@@ -31,3 +31,5 @@ for shape in 64,64,32 128,128,64; do
     --only baseline,fam:kappa/1,fam:kappa/5,fam:fisher/1,fam:published/5,fam:l2/1,sam
 done
 python3 benchmarks/fam_step.py --device cuda --shape 256,256,128 --batch 1 --steps 5 --repeats 1 --only baseline,fam:kappa/1,fam:fisher/1,sam
+# peak device memory of one step against the input size, fitted and extrapolated to 256x256x128
+(cd benchmarks && python3 fam_memory.py --device cuda)
