@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from data_prep.defects import DEFECT_TYPES
-from fam_skull.fam.regularizer import DEFAULT_LAMBDA
+from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE
 from fam_skull.fam.sam import DEFAULT_RHO
 
 
@@ -79,7 +79,7 @@ class OptimConfig:
 class FAMConfig:
     lam: float = DEFAULT_LAMBDA
     layer: str = "bottleneck"
-    objective: str = "kappa"  # kappa | fisher (Gauss-Newton, >= 0) | published (the authors' ||W|| Tr(H)) | l2 (control)
+    objective: str = DEFAULT_OBJECTIVE  # fisher (Gauss-Newton, >= 0) | kappa | published (the authors' ||W|| Tr(H)) | l2 (control)
     estimator: str = "hutchinson"  # hutchinson | exact
     probes: int = 1
     every: int = 1

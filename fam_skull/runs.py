@@ -12,6 +12,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 from data_prep.io import read_json
 from fam_skull.checkpoint import READABLE_FORMATS, CheckpointError, load_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
+from fam_skull.fam.regularizer import DEFAULT_OBJECTIVE
 from fam_skull.models import build_model
 
 
@@ -49,7 +50,7 @@ def method_label(config) -> str:
     if config.method == "fam":
         if config.fam.objective == "l2":
             return f"L2 on the FAM layer, lambda = {config.fam.lam:g}"
-        kind = "" if config.fam.objective == "kappa" else f" ({config.fam.objective})"
+        kind = "" if config.fam.objective == DEFAULT_OBJECTIVE else f" ({config.fam.objective})"
         return f"FAM{kind}, lambda = {config.fam.lam:g}"
     if config.method == "sam":
         return f"SAM, rho = {config.sam.rho:g}"

@@ -430,7 +430,10 @@ def test_a_prediction_off_the_reference_origin_is_recorded_per_case(tmp_path, ma
 # name -> (overrides, message pattern); each run diverges in its first epoch
 DIVERGENCE = {
     "huge learning rate": (["optim.lr=1e30"], r"epoch 1 step 1: a weight reached [\d.e+]+ \(train\.max_weight 1e\+06\), training diverged"),
-    "huge lambda": (["method=fam", "fam.lam=1e38", "train.max_nonfinite=2"], r"2 non-finite steps in a row \(epoch 1\)"),
+    "huge lambda": (
+        ["method=fam", "fam.objective=kappa", "fam.lam=1e38", "train.max_nonfinite=2"],
+        r"2 non-finite steps in a row \(epoch 1\)",
+    ),
 }
 
 

@@ -29,12 +29,12 @@ def test_demo_from_the_cli_at_a_tiny_size(tmp_path, capsys):
     report = tmp_path / "demo" / "report"
     rows = list(csv.reader((report / "sweep_table.csv").read_text().splitlines()))
     assert rows[0] == ["method", *HEADER]
-    assert [r[0] for r in rows[1:]] == ["baseline", "baseline + refinement", "FAM, lambda = 0.003", "FAM, lambda = 0.003 + refinement"]
+    assert [r[0] for r in rows[1:]] == ["baseline", "baseline + refinement", "FAM, lambda = 3", "FAM, lambda = 3 + refinement"]
     assert all(re.fullmatch(r"\d+\.\d+", cell) for r in rows[1:] for cell in r[1:])
     text = (report / "report.md").read_text()
-    for needle in ("| method |", "curves_baseline_s0.png", "boxplots.png", "overlays_FAM_lambda_0.003.png", "boundary DSC"):
+    for needle in ("| method |", "curves_baseline_s0.png", "boxplots.png", "overlays_FAM_lambda_3.png", "boundary DSC"):
         assert needle in text
-    for name in ("boxplots.png", "curves_fam_0.003_s0.png", "curves_fam_0.003_refined_s0.png", "overlays_baseline_refinement.png"):
+    for name in ("boxplots.png", "curves_fam_3_s0.png", "curves_fam_3_refined_s0.png", "overlays_baseline_refinement.png"):
         assert (report / name).is_file()
     assert "| baseline |" in printed and "report.md" in printed
 

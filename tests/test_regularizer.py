@@ -50,7 +50,7 @@ def test_schedule_scales_lambda_and_warms_up():
 def test_regularizer_gradient_is_task_plus_lambda_kappa():
     x, y = batch()
     model = tiny_unet()
-    reg = FAMRegularizer(model, lam=0.5, seed=3)
+    reg = FAMRegularizer(model, lam=0.5, seed=3, objective="kappa")
     out = reg(DICE, x, y)
     params = list(model.parameters())
     got = torch.autograd.grad(out.loss, params)
@@ -75,7 +75,7 @@ def test_fused_norms_upstream_of_the_fam_layer_keep_the_gradient_exact():
     model = UNet(3, 1, 2, channels=(2, 4, 8), strides=(2, 2), num_res_units=1).double()
     reference = copy.deepcopy(model)
     x, y = batch(2)
-    reg = FAMRegularizer(model, lam=0.5, seed=3)
+    reg = FAMRegularizer(model, lam=0.5, seed=3, objective="kappa")
     reg(DICE, x, y)  # the first forward: upstream norms fused from here on
     kinds = {name: type(m).__name__ for name, m in model.named_modules() if "Norm" in type(m).__name__}
     fused = sorted(name for name, kind in kinds.items() if not kind.startswith("Primitive"))

@@ -30,7 +30,7 @@ def test_baseline_step_is_one_sgd_update():
 def test_a_finite_loss_with_an_overflowing_gradient_is_skipped():
     model = _model()
     before = [p.detach().clone() for p in model.parameters()]
-    reg = FAMRegularizer(model, layer="0", lam=1e38)  # lambda x grad(kappa) overflows; kappa itself may not
+    reg = FAMRegularizer(model, layer="0", lam=1e38, objective="kappa")  # lambda x grad(kappa) overflows; kappa itself may not
     x, y = torch.randn(2, 1, 4, 4, 4), (torch.rand(2, 1, 4, 4, 4) > 0.5).float()
     result = Stepper(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), "fam", regularizer=reg)(x, y)
     assert result.skipped
