@@ -16,13 +16,13 @@ python3 -m fam_skull demo --output "$out/demo" --quiet run.train.device=cuda pre
   run.train.val_every=2 run.fam.warmup_steps=60
 data="$out/demo/data/manifest.json"
 base=("$out/demo/runs/baseline_s0/config.yaml" train.device=cuda train.amp=true train.epochs=3 train.val_every=1)
-for objective in fisher published l2; do
+for objective in kappa published l2; do  # fisher, the default, ran in the demo
   python3 -m fam_skull train "${base[@]}" method=fam fam.objective=$objective fam.warmup_steps=0 "output=$out/runs/$objective" --quiet
 done
 python3 -m fam_skull train "${base[@]}" method=sam "output=$out/runs/sam" --quiet
 python3 -m fam_skull train "${base[@]}" method=fam train.epochs=2 "output=$out/runs/resumed" --quiet
 python3 -m fam_skull train train.epochs=3 --resume "$out/runs/resumed" --quiet
-python3 -m fam_skull predict --run "$out/demo/runs/fam_0.003_refined_s0" --manifest "$data" --output "$out/pred" --device cuda --quiet
+python3 -m fam_skull predict --run "$out/demo/runs/fam_3_refined_s0" --manifest "$data" --output "$out/pred" --device cuda --quiet
 python3 -m fam_skull evaluate "refined on cuda=$out/pred" --manifest "$data" --output "$out/eval" --quiet
 cat "$out/eval/table_quality.md"
 echo "pipeline on cuda: $(( $(date +%s) - start )) s"
