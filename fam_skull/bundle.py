@@ -27,9 +27,8 @@ from data_prep.io import VolumeError, atomic_path, atomic_write_text
 from data_prep.preprocess import BONE_HU
 from data_prep.sources import safe_id, stem, volumes
 from fam_skull.config import Config
-from fam_skull.models import network_spec
 from fam_skull.predict import coarse_implant, load_file, write_case
-from fam_skull.runs import load_run, method_label
+from fam_skull.runs import load_run, method_label, network_spec_from_config
 
 log = logging.getLogger("fam_skull.bundle")
 VERSION = "0.1.0"
@@ -147,18 +146,7 @@ def _version(package: str = "fam-skull") -> str:
 
 
 def _inference(config: Config, grid, min_component_mm3: float) -> dict:
-    m = config.model
-    spec = network_spec(
-        m.name,
-        channels=m.channels,
-        strides=m.strides,
-        num_res_units=m.num_res_units,
-        norm=m.norm,
-        act=m.act,
-        dropout=m.dropout,
-        latent_size=m.latent_size,
-        spatial_size=grid,
-    )
+    spec = network_spec_from_config(config, grid)
     return {
         "imports": ["$import torch", "$import fam_skull.bundle"],
         "bundle_root": ".",

@@ -13,7 +13,7 @@ from data_prep.io import read_json
 from fam_skull.checkpoint import READABLE_FORMATS, CheckpointError, load_checkpoint
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.fam.regularizer import DEFAULT_OBJECTIVE
-from fam_skull.models import build_model
+from fam_skull.models import build_model, network_spec
 
 
 def build_loss(config: Config):
@@ -25,22 +25,33 @@ def build_loss(config: Config):
     return loss if weight == 1.0 else (lambda outputs, targets: weight * loss(outputs, targets))
 
 
+def _network_arguments(config: Config, grid) -> dict:
+    m = config.model
+    return dict(
+        in_channels=2 if config.stage == "refine" else 1,
+        channels=m.channels,
+        strides=m.strides,
+        num_res_units=m.num_res_units,
+        norm=m.norm,
+        act=m.act,
+        dropout=m.dropout,
+        latent_size=m.latent_size,
+        spatial_size=grid,
+    )
+
+
+def network_spec_from_config(config: Config, grid) -> dict:
+    """The run's network as a MONAI config component (``_target_`` + arguments: an exported bundle's network_def)."""
+    try:
+        return network_spec(config.model.name, **_network_arguments(config, grid))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
 def model_from_config(config: Config, grid) -> torch.nn.Module:
     """The run's network; a refinement network takes 2 channels (defective skull, coarse implant probability)."""
-    m = config.model
     try:
-        return build_model(
-            m.name,
-            in_channels=2 if config.stage == "refine" else 1,
-            channels=m.channels,
-            strides=m.strides,
-            num_res_units=m.num_res_units,
-            norm=m.norm,
-            act=m.act,
-            dropout=m.dropout,
-            latent_size=m.latent_size,
-            spatial_size=grid,
-        )
+        return build_model(config.model.name, **_network_arguments(config, grid))
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
 
