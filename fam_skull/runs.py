@@ -4,6 +4,7 @@ back, and the label a run carries in tables. The stages (train, predict, refine,
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +15,41 @@ from fam_skull.checkpoint import READABLE_FORMATS, CheckpointError, load_checkpo
 from fam_skull.config import Config, ConfigError, load_config
 from fam_skull.fam.regularizer import DEFAULT_OBJECTIVE
 from fam_skull.models import build_model, network_spec
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of a run folder, named in one place."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions"
+
+    def checkpoint(self, name: str) -> Path:
+        """``best``, ``last``, ``epoch_NNNN`` (in ``checkpoints/``) or a path ending in .pt."""
+        return Path(name) if name.endswith(".pt") else self.path / "checkpoints" / f"{name}.pt"
 
 
 def build_loss(config: Config):
@@ -75,10 +111,11 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     never validated.
     """
     run = Path(run)
-    config = load_config(run / "config.yaml")
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else run / "checkpoints" / f"{checkpoint}.pt"
+    folder = RunFolder(run)
+    config = load_config(folder.config)
+    path = folder.checkpoint(checkpoint)
     if checkpoint == "best" and not path.is_file():
-        path = run / "checkpoints" / "last.pt"
+        path = folder.checkpoint("last")
     state = load_checkpoint(path, map_location=device)
     if state.get("format") not in READABLE_FORMATS:
         raise CheckpointError(
@@ -111,3 +148,56 @@ def read_index(folder: Path) -> dict:
 
 def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") or "method"
+
+
+# Keys a resumed run may change; the others shape the model, the data or the optimizer state in the checkpoint.
+RESUMABLE = (
+    "train.epochs",
+    "train.val_every",
+    "train.save_epochs",
+    "train.threads",
+    "train.device",
+    "train.amp",
+    "train.max_nonfinite",
+    "train.max_weight",
+    "data.num_workers",
+    "data.cache",
+    "optim.lr",
+    "optim.weight_decay",
+    "fam.lam",
+    "fam.every",
+    "fam.probes",
+    "sam.rho",
+)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path | None = None) -> tuple[Config, Path]:
+    """The validated config and run folder of a new or resumed run.
+
+    Raises:
+        ConfigError: on resume, an override of a key outside :data:`RESUMABLE`.
+    """
+    if resume is not None:
+        run = Path(resume)
+        if not RunFolder(run).config.is_file():
+            raise ConfigError(f"--resume {run}: no config.yaml there; is it a fam-skull run folder?")
+        config_file = RunFolder(run).config
+        before, after = _flat(load_config(config_file).to_dict()), _flat(load_config(config_file, overrides).to_dict())
+        fixed = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in after if after[k] != before[k] and k not in RESUMABLE]
+        if fixed:
+            raise ConfigError(
+                f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
+                f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}"
+            )
+        return load_config(config_file, overrides), run
+    if isinstance(config, Config):
+        return config, Path(config.output)
+    cfg = load_config(config, overrides)
+    return cfg, Path(cfg.output)

@@ -26,6 +26,7 @@ from data_prep.io import atomic_write_text
 from fam_skull.figures import pyplot, save_figure
 from fam_skull.measure import measure_flatness
 from fam_skull.report import SET_NAMES
+from fam_skull.runs import RunFolder
 
 log = logging.getLogger("fam_skull.study")
 METRICS = (("dsc", "implant DSC", True), ("hd95", "implant HD95 (mm)", False))  # (key, name, higher is better)
@@ -106,7 +107,7 @@ def flatness_on_sets(runs: list[StudyRun], manifest: Path, sets, max_cases: int,
 
 
 def _history(folder: Path) -> list[dict]:
-    with open(folder / "metrics.csv") as f:
+    with open(RunFolder(folder).metrics) as f:
         return list(csv.DictReader(f))
 
 

@@ -29,7 +29,7 @@ from fam_skull.evaluate import EvaluateOptions, evaluate
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.report import QUALITY, paper_table
-from fam_skull.runs import method_label, slug
+from fam_skull.runs import RunFolder, method_label, slug
 from fam_skull.study import StudyRun, write_study
 from fam_skull.train import train
 
@@ -116,7 +116,7 @@ def _runs(sweep: SweepConfig, run: dict) -> list[tuple[str, str, int, Config]]:
 
 
 def _train_or_resume(cfg, run_dir: Path, quiet: bool) -> None:
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunFolder(run_dir).checkpoint("last")
     if not last.is_file():
         train(cfg, quiet=quiet)
         return
@@ -157,7 +157,7 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
         predict(
             PredictOptions(
                 run=run_dir,
-                output=run_dir / "predictions",
+                output=RunFolder(run_dir).predictions,
                 manifest=manifest.path,
                 roles=tuple(config.sets),
                 checkpoint=config.checkpoint,
@@ -166,7 +166,7 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
             )
         )
         labels[name] = (label, seed)
-        folders[name] = run_dir / "predictions"
+        folders[name] = RunFolder(run_dir).predictions
     multi_seed = len(config.seeds) > 1
     names = {name: (f"{label}, seed {seed}" if multi_seed else label) for name, (label, seed) in labels.items()}
     result = evaluate(
@@ -183,7 +183,7 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
     atomic_write_text(out / "report" / "sweep_table.csv", text)
     curves = []
     for name in names:
-        src = out / "runs" / name / "curves.png"
+        src = RunFolder(out / "runs" / name).curves
         if src.is_file():
             shutil.copyfile(src, out / "report" / f"curves_{slug(name)}.png")
             curves += [f"### {names[name]}", "", f"![training curves](curves_{slug(name)}.png)", ""]

@@ -29,14 +29,14 @@ from data_prep.prepare import DEFAULT_DEFECTS
 from data_prep.progress import progress
 from fam_skull import refine
 from fam_skull.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from fam_skull.config import Config, ConfigError, resolve
+from fam_skull.config import Config, ConfigError
 from fam_skull.curves import plot_curves, write_metrics
 from fam_skull.data import dataset, loader
 from fam_skull.distributed import init_distributed, rank_spread, rng_state, set_rng_state
 from fam_skull.fam.flatness import resolve_layer
 from fam_skull.fam.regularizer import FAMRegularizer
 from fam_skull.optim import build_optimizer, lr_factor
-from fam_skull.runs import build_loss, load_run, model_from_config
+from fam_skull.runs import RunFolder, build_loss, load_run, model_from_config, resolve
 from fam_skull.step import Stepper
 from fam_skull.transforms import EpochSeededDataset, training_augmentation
 from fam_skull.validation import validate
@@ -85,12 +85,12 @@ class Trainer:
     FAM layer, batch split, checkpoint to resume), so errors come before any training; :meth:`run` trains."""
 
     def __init__(self, cfg: Config, run: Path, *, resume: bool = False, quiet: bool = False) -> None:
-        self.cfg, self.run_dir, self.quiet = cfg, run, quiet
+        self.cfg, self.run_dir, self.folder, self.quiet = cfg, run, RunFolder(run), quiet
         # what can fail on bad input is checked before a process group exists (torchrun's variables name the rank)
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         if rank == 0:
             check_folder(run, create=False)
-        if not resume and (run / "checkpoints" / "last.pt").is_file():
+        if not resume and RunFolder(run).checkpoint("last").is_file():
             raise ConfigError(f"output: {run} already holds a training run; continue it with --resume {run} or set output=ANOTHER_FOLDER")
         try:
             manifest = Manifest.load(cfg.data.manifest)
@@ -193,13 +193,13 @@ class Trainer:
         self.resumed = resume
         if resume:
             try:
-                self._restore(load_checkpoint(self.ckpt_dir / "last.pt", map_location=self.device))
+                self._restore(load_checkpoint(self.folder.checkpoint("last"), map_location=self.device))
             except CheckpointError:
                 raise
             except (KeyError, RuntimeError, ValueError, TypeError) as e:  # load_state_dict's messages run to pages
                 reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 raise CheckpointError(
-                    f"{self.ckpt_dir / 'last.pt'}: does not fit this run's config.yaml (missing entry or "
+                    f"{self.folder.checkpoint('last')}: does not fit this run's config.yaml (missing entry or "
                     f"another model: {reason}); resume it with its own config or start a new run"
                 ) from None
         self._handler = self._writer = None
@@ -223,14 +223,10 @@ class Trainer:
             return refine.validate_refined(self.model, self.val_ds, self.cfg.refine.patch, self.cfg.refine.margin_mm, self.device)
         return validate(self.model, self.val_ds, self.device)
 
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
     def _restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
-                f"{self.ckpt_dir / 'last.pt'}: checkpoint format {state.get('format')!r}, this version resumes "
+                f"{self.folder.checkpoint('last')}: checkpoint format {state.get('format')!r}, this version resumes "
                 f"{CHECKPOINT_FORMAT!r}; start a new run (predict still reads the old one)"
             )
         self.model.load_state_dict(state["model"])
@@ -272,12 +268,12 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-        self._handler = logging.FileHandler(self.run_dir / "log.txt")
+        atomic_write_text(self.folder.config, self.cfg.to_yaml())
+        self._handler = logging.FileHandler(self.folder.log)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(self._handler)
         purge = (self.start_epoch - 1) * len(self.train_loader) or None
-        self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        self._writer = SummaryWriter(str(self.folder.tensorboard), purge_step=purge)
         log.info(
             "%s %s: %d train / %d val cases, grid %s, %s, %d process(es), epochs %d-%d",
             "resuming" if self.resumed else "starting",
@@ -356,7 +352,7 @@ class Trainer:
         }
 
     def _last_good(self) -> str:
-        last = self.ckpt_dir / "last.pt"
+        last = self.folder.checkpoint("last")
         if last.is_file():
             return f"the last good checkpoint is {last} (continue from it with --resume {self.run_dir} and a lower value)"
         return "no checkpoint was written (it diverged in the first epoch)"
@@ -391,13 +387,13 @@ class Trainer:
                 self.best, self.best_epoch, is_best = row["val_implant_dsc"], epoch, True
         self.history.append(row)
         state = self._state(epoch)
-        save_checkpoint(state, self.ckpt_dir / "last.pt")
+        save_checkpoint(state, self.folder.checkpoint("last"))
         if is_best:
-            save_checkpoint(state, self.ckpt_dir / "best.pt")
+            save_checkpoint(state, self.folder.checkpoint("best"))
         if epoch in cfg.train.save_epochs:
-            save_checkpoint(state, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
-        write_metrics(self.history, self.run_dir / "metrics.csv")
-        plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
+            save_checkpoint(state, self.folder.checkpoint(f"epoch_{epoch:04d}"))
+        write_metrics(self.history, self.folder.metrics)
+        plot_curves(self.history, self.folder.curves, self.best_epoch)
         for key in ("kappa", "val_implant_dsc", "val_implant_hd95", "val_skull_dsc", "step_time", "data_wait_share"):
             if row[key] is not None:
                 self._writer.add_scalar(f"epoch/{key}", row[key], epoch)
