@@ -13,6 +13,7 @@ more than 30% of the skull is redrawn. Types:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,14 +49,14 @@ class _Frame:
         self.size = self.hi - self.lo
         self.centre = (self.lo + self.hi) / 2
 
-    def skull_point(self, rng, z_from: float) -> np.ndarray:
+    def skull_point(self, rng: np.random.Generator, z_from: float) -> np.ndarray:
         """A random skull voxel (mm) with z above ``z_from`` (a fraction of the height)."""
         k0 = int(np.ceil((self.lo[2] + z_from * self.size[2]) / self.spacing[2]))
         idx = np.argwhere(self.mask[:, :, k0:])
         pick = idx[rng.integers(len(idx))] + np.array([0, 0, k0])
         return pick * self.spacing
 
-    def box(self, centre, half):
+    def box(self, centre: np.ndarray, half: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]]:
         """Slices of the voxels within ``half`` mm of ``centre`` and their sparse mm coordinates minus centre."""
         shape = self.mask.shape
         slices, coords = [], []
@@ -134,7 +135,7 @@ def _draw(kind: str, frame: _Frame, rng) -> tuple[tuple[slice, ...], np.ndarray]
     raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
 
 
-def make_defect(complete: np.ndarray, spacing, kind: str, seed: int, max_attempts: int = 25) -> Defect:
+def make_defect(complete: np.ndarray, spacing: Sequence[float], kind: str, seed: int, max_attempts: int = 25) -> Defect:
     """Draw a ``kind`` defect on a canonical (LPS, x-y-z) skull mask with ``spacing`` in mm.
 
     Raises:

@@ -46,7 +46,9 @@ class Anatomy:
         return cls(axes, rotation, rng.uniform(-3, 3, 3), dirs, amps, rng.uniform(0, 2 * np.pi, 6), 6.5 + rng.uniform(-0.3, 0.3))
 
 
-def grid_coordinates(shape: tuple[int, int, int], fov=FIELD_OF_VIEW) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
+def grid_coordinates(
+    shape: tuple[int, int, int], fov: tuple[float, float, float] = FIELD_OF_VIEW
+) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
     """Voxel-centre coordinates (mm) as three broadcastable axes, the spacing and the origin of a grid over ``fov``."""
     spacing = tuple(f / n for f, n in zip(fov, shape))
     origin = tuple(-f / 2 + s / 2 for f, s in zip(fov, spacing))
@@ -67,7 +69,9 @@ def _shell(q, centre, axes, thickness, spacing, min_voxels=1.6):
     return (depth >= 0) & (depth <= np.maximum(thickness, floor)), rho, rel, norm
 
 
-def synthetic_skull(seed: int, shape=(64, 64, 32), fov=FIELD_OF_VIEW, mandible: bool = False):
+def synthetic_skull(
+    seed: int, shape: tuple[int, int, int] = (64, 64, 32), fov: tuple[float, float, float] = FIELD_OF_VIEW, mandible: bool = False
+) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
     """A binary skull on an (x, y, z) grid.
 
     Returns:

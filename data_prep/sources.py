@@ -157,7 +157,7 @@ def synthetic(count: int, seed: int) -> tuple[list[SourceCase], list[Skip]]:
     return [SourceCase(f"synth{i:03d}", f"synth{i:03d}", synthetic_seed=seed + i) for i in range(count)], []
 
 
-def discover(source: str, path: str | Path | None = None, count: int = 0, seed: int = 0):
+def discover(source: str, path: str | Path | None = None, count: int = 0, seed: int = 0) -> tuple[list[SourceCase], list[Skip]]:
     """The cases of a source (one of :data:`SOURCES`) and the inputs skipped while finding them."""
     if source == "synthetic":
         return synthetic(count, seed)

@@ -33,7 +33,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: cannot be written ({reason}); free space or fix permissions, then continue with --resume") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True`` (no arbitrary code from untrusted files).
 
     Raises:

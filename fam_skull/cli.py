@@ -294,7 +294,7 @@ COMMANDS = {  # name: (help, parser builder, runner)
 }
 
 
-def build_parser(full=None) -> argparse.ArgumentParser:
+def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line; only the commands in ``full`` (default: all) get their options, so ``fam-skull --help``
     and one command's parsing do not import every stage (torch, MONAI, SimpleITK)."""
     parser = argparse.ArgumentParser(prog="fam-skull", description="Skull reconstruction with FAM (relative flatness aware minimization).")

@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -200,7 +201,7 @@ def _coerce(value, annotation, key: str):
     raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
 
 
-def build_section(cls, values: dict, prefix: str = ""):
+def build_section(cls: type, values: dict, prefix: str = "") -> Any:
     """A dataclass from a mapping, with its keys and types checked (errors name ``prefix + key``)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")

@@ -3,6 +3,8 @@ skull as the two possible targets (``model.target``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
@@ -40,7 +42,7 @@ def transforms() -> Compose:
     )
 
 
-def dataset(manifest: Manifest, role: str, cache: bool = True):
+def dataset(manifest: Manifest, role: str, cache: bool = True) -> Dataset:
     """MONAI (Cache)Dataset of the ``role`` cases.
 
     Raises:
@@ -54,7 +56,7 @@ def dataset(manifest: Manifest, role: str, cache: bool = True):
     return Dataset(entries, transforms())
 
 
-def loader(ds, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> DataLoader:
+def loader(ds: Sequence, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> DataLoader:
     """A loader whose order depends only on ``seed`` and the epoch (``sampler.set_epoch``), so a resumed run
     sees the same batches; under torchrun each rank takes its share of every global batch."""
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -17,7 +18,9 @@ from fam_skull.sweep import SweepResult, load_sweep, sweep
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"  # packaged: a wheel install runs the demo
 
 
-def demo(config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", overrides=(), *, quiet: bool = False) -> SweepResult:
+def demo(
+    config: str | Path = DEMO_CONFIG, output: str | Path = "demo_out", overrides: Sequence[str] = (), *, quiet: bool = False
+) -> SweepResult:
     """Run the whole pipeline into ``output`` (``data/``, ``runs/``, ``report/report.md``); overrides are
     dotted keys over the three sections, e.g. ``prepare.synthetic=6 run.train.epochs=2``."""
     config = Path(config)

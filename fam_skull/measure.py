@@ -8,6 +8,7 @@ the interval is mean +- 1.96 standard errors over cases (probe noise included).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def measure_flatness(
     run: str | Path,
     data: str | Path,
     *,
-    roles=("train",),
+    roles: Sequence[str] = ("train",),
     probes: int = 4,
     max_cases: int | None = None,
     checkpoint: str = "best",

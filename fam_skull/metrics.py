@@ -23,10 +23,14 @@ always worsens an average; ``empty="inf"`` gives inf. Two empty masks agree perf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+Spacing = Sequence[float]  # voxel size in mm per axis
 EMPTY_POLICIES = ("diagonal", "inf")
 _SIX = ndimage.generate_binary_structure(3, 1)
 
@@ -68,7 +72,7 @@ def _directed(from_surface, to_surface, to_points, spacing) -> np.ndarray:
     return np.concatenate([np.zeros(shared), far])
 
 
-def surface_distances(a: np.ndarray, b: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances (mm) a->b and b->a, as medpy computes them (as a multiset; the order differs).
     Both masks must be non-empty."""
     a, b = _as_mask(a, "a"), _as_mask(b, "b")
@@ -79,7 +83,9 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing=None) -> tuple[np.nd
     return _directed(sa, sb, pb, spacing), _directed(sb, sa, pa, spacing)
 
 
-def boundary_dice(pred_implant, gt_implant, defective, spacing=None, distance_mm: float = 10.0) -> float:
+def boundary_dice(
+    pred_implant: ArrayLike, gt_implant: ArrayLike, defective: ArrayLike, spacing: Spacing | None = None, distance_mm: float = 10.0
+) -> float:
     """DSC of two implants within ``distance_mm`` of the defective skull (AutoImplant 2021 bDSC)."""
     pred, gt = _as_mask(pred_implant, "prediction"), _as_mask(gt_implant, "reference")
     defective = _as_mask(defective, "defective")
@@ -97,7 +103,15 @@ def boundary_dice(pred_implant, gt_implant, defective, spacing=None, distance_mm
     return dice(pred[crop] & near, gt[crop] & near)
 
 
-def compute_metrics(pred, gt, spacing=None, *, defective=None, empty: str = "diagonal", boundary_mm: float = 10.0) -> dict:
+def compute_metrics(
+    pred: ArrayLike,
+    gt: ArrayLike,
+    spacing: Spacing | None = None,
+    *,
+    defective: ArrayLike | None = None,
+    empty: str = "diagonal",
+    boundary_mm: float = 10.0,
+) -> dict:
     """DSC, HD, HD95 and ASSD (mm when ``spacing`` is given), and boundary DSC when ``defective`` is given.
 
     Args:
@@ -139,7 +153,7 @@ def compute_metrics(pred, gt, spacing=None, *, defective=None, empty: str = "dia
     return out
 
 
-def implant_scores(implant, truth, defective, spacing=None) -> dict:
+def implant_scores(implant: ArrayLike, truth: ArrayLike, defective: ArrayLike, spacing: Spacing | None = None) -> dict:
     """What training validates on, for one case: implant DSC and HD95 (mm; a miss scores the diagonal) and the
     DSC of the completed skull (defective + predicted implant against defective + true implant)."""
     implant, truth, defective = _as_mask(implant, "implant"), _as_mask(truth, "reference"), _as_mask(defective, "defective")

@@ -99,7 +99,7 @@ class SkullMetric(CumulativeIterationMetric):
                 out[b, c] = scores[self.metric]
         return out
 
-    def aggregate(self, reduction: MetricReduction | str | None = None):
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
             raise ValueError("nothing to aggregate: call the metric on a batch first")

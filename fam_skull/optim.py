@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 
 from fam_skull.config import Config
 
 
-def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     o = config.optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -17,7 +18,7 @@ def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def lr_factor(config: Config):
+def lr_factor(config: Config) -> Callable[[int], float]:
     """The learning-rate multiplier as a closed-form function of the finished epochs, so a resumed (or
     extended) run recomputes it from the current config instead of replaying a chain of updates."""
     epochs, name = config.train.epochs, config.optim.scheduler

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ log = logging.getLogger("fam_skull.predict")
 STAGES = ("coarse", "refined")
 
 
-def clean_implant(implant: np.ndarray, spacing, min_component_mm3: float) -> np.ndarray:
+def clean_implant(implant: np.ndarray, spacing: Sequence[float], min_component_mm3: float) -> np.ndarray:
     """Drop connected components smaller than ``min_component_mm3`` (resampling leaves thin slivers along
     the defect's rim)."""
     if min_component_mm3 <= 0 or not implant.any():
@@ -144,7 +145,9 @@ def _cases(opts: PredictOptions, grid) -> list[dict]:
     return out
 
 
-def load_file(path: Path, grid, input_kind: str = "auto", threshold: float = BONE_HU) -> tuple[np.ndarray, Layout, np.ndarray]:
+def load_file(
+    path: Path, grid: Sequence[int], input_kind: str = "auto", threshold: float = BONE_HU
+) -> tuple[np.ndarray, Layout, np.ndarray]:
     """A defective skull file as the network sees it: its grid mask, its Layout and its canonical mask at the
     scan's resolution (binarized as ``prepare`` does, largest component kept).
 
@@ -158,7 +161,13 @@ def load_file(path: Path, grid, input_kind: str = "auto", threshold: float = BON
 
 
 def coarse_implant(
-    model, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray, device, roi_size=None, min_component_mm3: float = 100.0
+    model: torch.nn.Module,
+    defective_grid: np.ndarray,
+    layout: Layout,
+    canonical: np.ndarray,
+    device: torch.device,
+    roi_size: Sequence[int] | None = None,
+    min_component_mm3: float = 100.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The defective skull and the coarse network's implant, both in the original geometry (x, y, z arrays).
 
@@ -185,7 +194,9 @@ def write_case(output: Path, case_id: str, defective: np.ndarray, implant: np.nd
 
 
 @torch.no_grad()
-def implant_on_grid(model, defective_grid: np.ndarray, device, roi_size=None) -> np.ndarray:
+def implant_on_grid(
+    model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device, roi_size: Sequence[int] | None = None
+) -> np.ndarray:
     """The network's implant (:func:`~fam_skull.models.implant_mask`) on the training grid."""
     x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
     if roi_size is not None:

@@ -13,6 +13,8 @@ coarse and the true implant (so training sees the whole defect even where the co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -26,7 +28,7 @@ from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
 
 
-def defect_box(mask: np.ndarray, spacing, margin_mm: float) -> tuple[slice, ...] | None:
+def defect_box(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> tuple[slice, ...] | None:
     """The bounding box of ``mask`` grown by ``margin_mm`` on every side (rounded up to whole voxels per axis)
     and clipped to the array; None for an empty mask."""
     if not mask.any():
@@ -41,14 +43,16 @@ def defect_box(mask: np.ndarray, spacing, margin_mm: float) -> tuple[slice, ...]
 
 
 @torch.no_grad()
-def coarse_probability(model: torch.nn.Module, defective_grid: np.ndarray, device) -> np.ndarray:
+def coarse_probability(model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device) -> np.ndarray:
     """The coarse network's implant probability on the grid (float32), zero on the bone it was given."""
     x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
     p = torch.softmax(model(x).float(), 1)[0, 1]
     return (p * (x[0, 0] < 0.5)).cpu().numpy()
 
 
-def scan_probability(model: torch.nn.Module, defective_grid: np.ndarray, layout: Layout, defective: np.ndarray, device) -> np.ndarray:
+def scan_probability(
+    model: torch.nn.Module, defective_grid: np.ndarray, layout: Layout, defective: np.ndarray, device: torch.device
+) -> np.ndarray:
     """The coarse implant probability resampled to the canonical array at the scan's resolution, zero on
     ``defective`` (the canonical defective skull)."""
     return (layout.canonical_from_grid(coarse_probability(model, defective_grid, device)) * ~defective).astype(np.float32)
@@ -59,10 +63,10 @@ def refine_implant(
     model: torch.nn.Module,
     defective: np.ndarray,
     probability: np.ndarray,
-    spacing,
-    patch,
+    spacing: Sequence[float],
+    patch: Sequence[int],
     margin_mm: float,
-    device,
+    device: torch.device,
     box: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
     """The refined implant (bool, canonical array at the scan's resolution).
@@ -83,7 +87,7 @@ def refine_implant(
     return out
 
 
-def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device) -> dict:
+def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device: torch.device) -> dict:
     """A case at the scan's resolution (canonical arrays): ``defective``, ``implant``, the coarse
     ``probability``, and ``spacing``.
 
@@ -119,7 +123,7 @@ def training_items(cases: list[dict], margin_mm: float) -> list[dict]:
     return items
 
 
-def patch_augmentation(patch) -> Compose:
+def patch_augmentation(patch: Sequence[int]) -> Compose:
     """Patches of the box, half centred on implant voxels and half elsewhere (MONAI's positive/negative
     sampling), flipped left-right half the time."""
     keys = ("image", "implant")
@@ -133,7 +137,7 @@ def patch_augmentation(patch) -> Compose:
     )
 
 
-def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device, quiet: bool = True) -> list[dict]:
+def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device: torch.device, quiet: bool = True) -> list[dict]:
     cases = manifest.role(role)
     if not cases:
         raise ManifestError(f"{manifest.path}: no {role} cases; prepare more skulls or change the split")
@@ -141,7 +145,7 @@ def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device, q
 
 
 @torch.no_grad()
-def validate_refined(model: torch.nn.Module, cases: list[dict], patch, margin_mm: float, device) -> dict:
+def validate_refined(model: torch.nn.Module, cases: list[dict], patch: Sequence[int], margin_mm: float, device: torch.device) -> dict:
     """Mean implant DSC, HD95 (mm) and completed-skull DSC of the refined implants at the scan's resolution."""
     model.eval()
     rows = []

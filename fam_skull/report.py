@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,13 @@ def _cell(values: list[float | None], metric: str) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def paper_table(runs: dict[str, list[dict]], sets, target: str = "implant", columns=COLUMNS, subsets: bool = True) -> tuple[str, str]:
+def paper_table(
+    runs: dict[str, list[dict]],
+    sets: Sequence[str],
+    target: str = "implant",
+    columns: Sequence[tuple[str, str]] = COLUMNS,
+    subsets: bool = True,
+) -> tuple[str, str]:
     """The paper's layout: one row per method; per set DSC, DSC (100), HD, HD (100), HD95, HD95 (100)
     (other ``columns``, and without the (100) columns when ``subsets`` is false, for other tables).
 
@@ -104,7 +111,7 @@ def per_case_csv(summaries: dict[str, dict]) -> str:
     return out.getvalue()
 
 
-def box_plots(summaries: dict[str, dict], sets, path: Path) -> None:
+def box_plots(summaries: dict[str, dict], sets: Sequence[str], path: Path) -> None:
     """Implant DSC and HD95 per set and method, one horizontal box per method (the seeds of a method, labelled
     "<method>, seed N", are pooled into one box); HD95 on a log axis, so misses scored at the volume's diagonal
     stay visible without flattening the rest."""
@@ -183,7 +190,7 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, sets) -> None:
+def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, sets: Sequence[str]) -> None:
     """table(.md/.csv) for implants, table_complete(.md/.csv) for completed skulls, per_case.csv,
     boxplots.png, overlays_<method>.png and report.md in ``output``."""
 

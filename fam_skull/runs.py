@@ -4,6 +4,7 @@ back, and the label a run carries in tables. The stages (train, predict, refine,
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class RunFolder:
         return Path(name) if name.endswith(".pt") else self.path / "checkpoints" / f"{name}.pt"
 
 
-def build_loss(config: Config):
+def build_loss(config: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The task loss on 2-class softmax outputs with one-hot targets (``loss.name``: Dice, Dice + cross-entropy
     or Dice + focal, MONAI's), times ``loss.weight``."""
     cls = {"dice": DiceLoss, "dice_ce": DiceCELoss, "dice_focal": DiceFocalLoss}[config.loss.name]
@@ -61,7 +62,7 @@ def build_loss(config: Config):
     return loss if weight == 1.0 else (lambda outputs, targets: weight * loss(outputs, targets))
 
 
-def _network_arguments(config: Config, grid) -> dict:
+def _network_arguments(config: Config, grid: Sequence[int]) -> dict:
     m = config.model
     return dict(
         in_channels=2 if config.stage == "refine" else 1,
@@ -76,7 +77,7 @@ def _network_arguments(config: Config, grid) -> dict:
     )
 
 
-def network_spec_from_config(config: Config, grid) -> dict:
+def network_spec_from_config(config: Config, grid: Sequence[int]) -> dict:
     """The run's network as a MONAI config component (``_target_`` + arguments: an exported bundle's network_def)."""
     try:
         return network_spec(config.model.name, **_network_arguments(config, grid))
@@ -84,7 +85,7 @@ def network_spec_from_config(config: Config, grid) -> dict:
         raise ConfigError(f"model: {e}") from None
 
 
-def model_from_config(config: Config, grid) -> torch.nn.Module:
+def model_from_config(config: Config, grid: Sequence[int]) -> torch.nn.Module:
     """The run's network; a refinement network takes 2 channels (defective skull, coarse implant probability)."""
     try:
         return build_model(config.model.name, **_network_arguments(config, grid))
@@ -92,7 +93,7 @@ def model_from_config(config: Config, grid) -> torch.nn.Module:
         raise ConfigError(f"model: {e}") from None
 
 
-def method_label(config) -> str:
+def method_label(config: Config) -> str:
     """How a run is named in tables: baseline, FAM with its lambda, or SAM with its rho."""
     if config.method == "fam":
         if config.fam.objective == "l2":
@@ -104,7 +105,9 @@ def method_label(config) -> str:
     return "baseline"
 
 
-def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+def load_run(
+    run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Config, tuple[int, ...], Path]:
     """The trained model (eval mode), its config and training grid.
 
     ``checkpoint`` is ``best``, ``last``, ``epoch_NNNN`` or a path; ``best`` falls back to ``last`` when a run
@@ -178,7 +181,7 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def resolve(config: Config | str | Path | None, overrides=(), resume: str | Path | None = None) -> tuple[Config, Path]:
+def resolve(config: Config | str | Path | None, overrides: Sequence[str] = (), resume: str | Path | None = None) -> tuple[Config, Path]:
     """The validated config and run folder of a new or resumed run.
 
     Raises:

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _per_case(summary: dict, set_name: str, metric: str) -> dict[str, float]:
     return {r["case"]: r["implant"][metric] for r in summary["metric_per_case"] if r["set"] == set_name and "error" not in r}
 
 
-def paired_differences(runs: list[StudyRun], reference: str, sets) -> list[dict]:
+def paired_differences(runs: list[StudyRun], reference: str, sets: Sequence[str]) -> list[dict]:
     """Arm minus reference, per set and metric: mean over seeds with a 95% t-interval, and the per-case test."""
     by_arm: dict[str, dict[int, StudyRun]] = {}
     for r in runs:
@@ -89,7 +90,7 @@ def paired_differences(runs: list[StudyRun], reference: str, sets) -> list[dict]
     return rows
 
 
-def flatness_on_sets(runs: list[StudyRun], manifest: Path, sets, max_cases: int, probes: int) -> list[dict]:
+def flatness_on_sets(runs: list[StudyRun], manifest: Path, sets: Sequence[str], max_cases: int, probes: int) -> list[dict]:
     """kappa and kappa_F of each run's FAM layer (the bottleneck) on each evaluation set, cached in the run folder."""
     rows = []
     for r in runs:
@@ -187,7 +188,14 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 def write_study(
-    runs: list[StudyRun], reference: str, manifest: Path, sets, output: Path, *, flatness_cases: int = 20, flatness_probes: int = 1
+    runs: list[StudyRun],
+    reference: str,
+    manifest: Path,
+    sets: Sequence[str],
+    output: Path,
+    *,
+    flatness_cases: int = 20,
+    flatness_probes: int = 1,
 ) -> str:
     """Write the study's tables and figures into ``output``; returns the Markdown."""
     output.mkdir(parents=True, exist_ok=True)

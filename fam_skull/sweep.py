@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class SweepConfig:
     subset: int = 100
 
 
-def load_sweep(path: str | Path | None = None, overrides=(), values: dict | None = None) -> tuple[SweepConfig, dict]:
+def load_sweep(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict | None = None) -> tuple[SweepConfig, dict]:
     """The sweep section (validated) and the run section (validated once per run)."""
     if values is None:
         path = Path(path)

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,7 +442,9 @@ class Trainer:
         return TrainResult(self.run_dir, self.cfg.train.epochs, self.best, self.best_epoch)
 
 
-def train(config: Config | str | Path | None = None, overrides=(), *, resume: str | Path | None = None, quiet: bool = False) -> TrainResult:
+def train(
+    config: Config | str | Path | None = None, overrides: Sequence[str] = (), *, resume: str | Path | None = None, quiet: bool = False
+) -> TrainResult:
     """Train from a config (object or YAML path, with ``key=value`` overrides), or resume a run folder.
 
     Raises:

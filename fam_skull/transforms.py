@@ -52,7 +52,7 @@ class RandSkullDefectd(RandomizableTransform, MapTransform):
         self.complete_key, self.defective_key, self.implant_key, self.spacing_key = complete_key, defective_key, implant_key, spacing_key
         self._kind, self._seed = self.kinds[0], 0
 
-    def randomize(self, data=None) -> None:
+    def randomize(self, data: object = None) -> None:
         super().randomize(None)
         self._kind = self.kinds[self.R.randint(len(self.kinds))]
         self._seed = int(self.R.randint(2**31))

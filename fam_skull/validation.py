@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -10,7 +12,7 @@ from fam_skull.models import implant_mask
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, val_ds, device) -> dict:
+def validate(model: torch.nn.Module, val_ds: Sequence[dict], device: torch.device) -> dict:
     """Mean implant DSC, implant HD95 (mm) and completed-skull DSC over the validation cases, on the grid.
 
     The implant is :func:`~fam_skull.models.implant_mask` of the output; a missed implant scores DSC 0 and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -154,7 +155,7 @@ class FAMRegularizer:
         out.outputs = outputs
         return out
 
-    def iteration(self, engine, batchdata) -> dict:
+    def iteration(self, engine: Any, batchdata: dict) -> dict:
         """An ``iteration_update`` for MONAI's ``SupervisedTrainer`` (network = this regularizer's model)."""
         from monai.utils import CommonKeys as Keys
 
