@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 from scipy import ndimage
 
 from data_prep.io import Geometry, VolumeError, from_array, to_array
@@ -52,6 +51,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def resize_field(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Trilinear resize of a scalar field (float32), voxel corners aligned as in :func:`resize_mask`."""
+    import torch  # here, not at import: the command line reads this module's defaults without torch
+
     t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
     if tuple(values.shape) == tuple(shape):
         return t[0, 0].numpy().copy()

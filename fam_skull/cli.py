@@ -134,7 +134,7 @@ def _run_train(args) -> int:
 
 
 def _predict_parser(p: argparse.ArgumentParser) -> None:
-    from fam_skull.predict import PredictOptions
+    from fam_skull.options import PredictOptions
 
     d = PredictOptions(run=Path("."), output=Path("."))
     p.add_argument("--run", type=Path, required=True, help="training run folder")
@@ -167,7 +167,7 @@ def _run_predict(args) -> int:
 
 
 def _evaluate_parser(p: argparse.ArgumentParser) -> None:
-    from fam_skull.evaluate import EvaluateOptions
+    from fam_skull.options import EvaluateOptions
 
     d = EvaluateOptions(predictions=[], manifest=Path("."), output=Path("."))
     p.add_argument("predictions", nargs="+", help="prediction folders, optionally label=folder")
@@ -211,18 +211,16 @@ def _run_sweep(args) -> int:
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
-    from fam_skull.demo import DEMO_CONFIG
-
     p.add_argument("overrides", nargs="*", help="e.g. prepare.synthetic=6 run.train.epochs=2")
-    p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="demo settings (default configs/demo.yaml)")
+    p.add_argument("--config", type=Path, default=None, help="demo settings (default: the packaged configs/demo.yaml)")
     p.add_argument("--output", type=Path, default=Path("demo_out"), help="folder for data, runs and the report (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_demo(args) -> int:
-    from fam_skull.demo import demo
+    from fam_skull.demo import DEMO_CONFIG, demo
 
-    result = demo(args.config, args.output, args.overrides, quiet=args.quiet)
+    result = demo(args.config or DEMO_CONFIG, args.output, args.overrides, quiet=args.quiet)
     print(result.table)
     print(f"report: {result.output / 'report' / 'report.md'}")
     return 0

@@ -20,47 +20,14 @@ from data_prep.folder import claim
 from data_prep.io import Geometry, VolumeError, atomic_write_text, read_image, read_json, to_array
 from data_prep.manifest import Manifest
 from data_prep.progress import progress
-from fam_skull.metrics import EMPTY_POLICIES, compute_metrics
+from fam_skull.metrics import compute_metrics
+from fam_skull.options import EvaluateOptions
 from fam_skull.report import write_reports
 from fam_skull.runs import read_index, slug
 
 log = logging.getLogger("fam_skull.evaluate")
 TARGETS = ("implant", "complete")
 METRICS = ("dsc", "hd", "hd95", "assd", "bdsc")
-
-
-@dataclass
-class EvaluateOptions:
-    """Parameters of ``fam-skull evaluate`` (the CLI flags have the same names).
-
-    Attributes:
-        predictions: folders written by ``fam-skull predict``; ``label=folder`` names a method, otherwise
-            the label comes from the run (baseline / FAM, lambda = ... / SAM, rho = ...).
-        manifest: the prepared manifest holding the ground truth.
-        output: report folder.
-        sets: evaluation sets (manifest roles).
-        subset: size of the subset aggregates (the first N case ids in sorted order, or all when fewer).
-        empty: empty-mask policy of :func:`fam_skull.metrics.compute_metrics`.
-        workers: parallel processes.
-    """
-
-    predictions: list[str]
-    manifest: Path
-    output: Path
-    sets: tuple[str, ...] = ("eval1", "eval2")
-    subset: int = 100
-    empty: str = "diagonal"
-    workers: int = 1
-    force: bool = False
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.subset < 1:
-            raise ValueError(f"subset: must be >= 1 (the first N case ids), got {self.subset}")
-        if self.workers < 1:
-            raise ValueError(f"workers: must be >= 1, got {self.workers}")
-        if self.empty not in EMPTY_POLICIES:
-            raise ValueError(f"empty: one of {', '.join(EMPTY_POLICIES)}, got {self.empty!r}")
 
 
 def _methods(predictions: list[str]) -> list[tuple[str, Path, dict]]:

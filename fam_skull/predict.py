@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
 from data_prep.progress import progress
 from data_prep.sources import safe_id, stem
 from fam_skull.models import implant_mask
+from fam_skull.options import PredictOptions
 from fam_skull.refine import refine_implant, scan_probability
 from fam_skull.runs import INDEX, load_run, method_label
 
@@ -67,42 +68,6 @@ def write_stl(mask: np.ndarray, image: sitk.Image, path: Path) -> int:
     header = b"fam-skull implant, LPS mm".ljust(80, b" ") + np.uint32(len(tri)).tobytes()
     atomic_write_bytes(path, header + records.tobytes())
     return len(tri)
-
-
-@dataclass
-class PredictOptions:
-    """Parameters of ``fam-skull predict`` (the CLI flags have the same names).
-
-    Attributes:
-        run: a training run folder.
-        output: folder for the predictions.
-        manifest: a prepared manifest; its ``roles`` cases are predicted.
-        files: defective skull volumes to predict instead (any format SimpleITK reads).
-        roles: manifest roles to predict (default both evaluation sets).
-        checkpoint: ``best``, ``last``, ``epoch_NNNN`` or a .pt path.
-        min_component_mm3: implant components smaller than this are removed.
-        stl: also write ``<id>_implant.stl``.
-        roi_size: sliding-window size on the grid (None: the whole grid at once).
-        stage: ``coarse`` or ``refined`` (a refinement run only); default: the run's own stage.
-        input_kind, threshold: how ``files`` are binarized (as in ``prepare``).
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-    """
-
-    run: Path
-    output: Path
-    manifest: Path | None = None
-    files: list[Path] = field(default_factory=list)
-    roles: tuple[str, ...] = ("eval1", "eval2")
-    checkpoint: str = "best"
-    min_component_mm3: float = 100.0
-    stl: bool = False
-    roi_size: tuple[int, int, int] | None = None
-    stage: str | None = None
-    input_kind: str = "auto"
-    threshold: float = BONE_HU
-    device: str = "auto"
-    force: bool = False
-    quiet: bool = False
 
 
 @dataclass

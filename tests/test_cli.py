@@ -22,17 +22,19 @@ def test_missing_inputs_are_reported(capsys, tmp_path):
     assert "no config.yaml there" in capsys.readouterr().err
 
 
-def test_top_level_help_does_not_import_the_stages():
+def test_help_does_not_import_torch_or_monai():
+    """--help, top level and per command, answers without importing torch or MONAI (seconds on a cold start)."""
     import subprocess
     import sys
 
-    script = (
-        "import sys\nfrom fam_skull.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'SimpleITK', 'numpy', 'data_prep'})\n"
-        "print('heavy:', heavy)"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert "heavy: []" in done.stdout, done.stdout + done.stderr
+    for argv in [["--help"]] + [[name, "--help"] for name in COMMANDS]:
+        script = (
+            f"import sys\nfrom fam_skull.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai'})\n"
+            "print('heavy:', heavy)"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert "heavy: []" in done.stdout, (argv, done.stdout[-500:], done.stderr[-500:])
 
 
 def test_a_wheel_carries_what_the_demo_needs(tmp_path):
