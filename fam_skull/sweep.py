@@ -4,7 +4,7 @@ reuse finished predictions and per-case metrics.
 
 Config: a ``sweep`` section (below) and a ``run`` section, a training config shared by every run. The arms are
 either listed (``arms``: a name and the config keys it sets, e.g. ``{name: "implant target", set:
-{model.target: implant}}``) or, when ``arms`` is empty, the paper's: baseline, FAM at each of ``lams``
+{model.target: implant}}``) or, when ``arms`` is empty: baseline, FAM at each of ``lams`` (with the run section's objective)
 and optionally SAM. ``train.seed`` and ``output`` are set per run. With a ``refine`` mapping (config keys of
 the refinement run, e.g. ``{refine.patch: [48, 48, 48], train.epochs: 20}``), every arm's run is followed by
 a refinement run on top of it (``stage: refine``; the arm's own keys, FAM included, act on the coarse stage),
@@ -27,6 +27,7 @@ from data_prep.manifest import Manifest
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge
 from fam_skull.evaluate import EvaluateOptions, evaluate
+from fam_skull.fam.regularizer import DEFAULT_LAMBDA
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.report import QUALITY, paper_table
@@ -35,7 +36,6 @@ from fam_skull.study import StudyRun, write_study
 from fam_skull.train import train
 
 log = logging.getLogger("fam_skull.sweep")
-PAPER_LAMBDAS = [0.0006, 0.002, 0.02, 0.1, 0.7]
 
 
 @dataclass
@@ -45,7 +45,8 @@ class SweepConfig:
     refine: dict = field(default_factory=dict)  # non-empty: each run is followed by a refinement run with these keys set
     study: bool = False  # also compare every arm with the first (paired over seeds and cases; fam_skull.study)
     study_flatness_cases: int = 20  # cases per evaluation set for the study's kappa and kappa_F
-    lams: list[float] = field(default_factory=lambda: list(PAPER_LAMBDAS))
+    # around the default objective's lambda; the paper's lambdas belong to its objective (configs/sweep_paper.yaml)
+    lams: list[float] = field(default_factory=lambda: [DEFAULT_LAMBDA / 10, DEFAULT_LAMBDA, DEFAULT_LAMBDA * 10])
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline: bool = True
     sam: bool = False

@@ -79,6 +79,7 @@ def test_defaults_live_in_one_place():
         return signature(fn).parameters[name].default
 
     assert Config().fam.lam == default(FAMRegularizer, "lam") == DEFAULT_LAMBDA
+    assert DEFAULT_LAMBDA in SweepConfig().lams  # a sweep without lams brackets the default objective's lambda
     assert Config().sam.rho == SweepConfig().sam_rho == default(Stepper, "sam_rho") == default(SAM, "rho") == DEFAULT_RHO
     assert (
         PrepareOptions(output=Path("."), synthetic=1).threshold
