@@ -56,7 +56,7 @@ class _Frame:
         pick = idx[rng.integers(len(idx))] + np.array([0, 0, k0])
         return pick * self.spacing
 
-    def box(self, centre: np.ndarray, half: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]]:
+    def box(self, centre: np.ndarray, half: Sequence[float] | np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]]:
         """Slices of the voxels within ``half`` mm of ``centre`` and their sparse mm coordinates minus centre."""
         shape = self.mask.shape
         slices, coords = [], []
@@ -126,7 +126,7 @@ def _draw(kind: str, frame: _Frame, rng) -> tuple[tuple[slice, ...], np.ndarray]
         for _ in range(rng.integers(0, 8)):
             d = rng.normal(size=3)
             spheres.append((d / np.linalg.norm(d) * r0, float(np.clip(rng.normal(16, 4), 8, 24)) * scale))
-        reach = max(np.linalg.norm(c) + r for c, r in spheres) + 6
+        reach = float(max(np.linalg.norm(c) + r for c, r in spheres)) + 6
         sl, c = frame.box(centre, [reach] * 3)
         warped = [ci + _waves(c, rng, 4.0, 60.0) for ci in c]  # elastic deformation of the coordinates
         k = 0.3  # 1/mm: sharpness of the smooth union
@@ -135,7 +135,7 @@ def _draw(kind: str, frame: _Frame, rng) -> tuple[tuple[slice, ...], np.ndarray]
     raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
 
 
-def make_defect(complete: np.ndarray, spacing: Sequence[float], kind: str, seed: int, max_attempts: int = 25) -> Defect:
+def make_defect(complete: np.ndarray, spacing: Sequence[float] | np.ndarray, kind: str, seed: int, max_attempts: int = 25) -> Defect:
     """Draw a ``kind`` defect on a canonical (LPS, x-y-z) skull mask with ``spacing`` in mm.
 
     Raises:

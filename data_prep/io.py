@@ -9,7 +9,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +23,18 @@ class VolumeError(ValueError):
     """A volume that cannot be used; the message names the file and the reason."""
 
 
+def int3(values: Sequence[int]) -> tuple[int, int, int]:
+    """Three integers (a grid shape, a volume size) as a typed triple."""
+    x, y, z = values
+    return int(x), int(y), int(z)
+
+
+def float3(values: Sequence[float]) -> tuple[float, float, float]:
+    """Three numbers (a spacing, an origin) as a typed triple."""
+    x, y, z = values
+    return float(x), float(y), float(z)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Shape (x, y, z), spacing (mm), origin (mm, LPS) and row-major 3x3 direction of a volume."""
@@ -34,12 +46,7 @@ class Geometry:
 
     @classmethod
     def of(cls, image: sitk.Image) -> Geometry:
-        return cls(
-            tuple(int(n) for n in image.GetSize()),
-            tuple(float(s) for s in image.GetSpacing()),
-            tuple(float(o) for o in image.GetOrigin()),
-            tuple(float(d) for d in image.GetDirection()),
-        )
+        return cls(int3(image.GetSize()), float3(image.GetSpacing()), float3(image.GetOrigin()), tuple(map(float, image.GetDirection())))
 
     @classmethod
     def from_dict(cls, d: dict) -> Geometry:
@@ -58,7 +65,7 @@ class Geometry:
 def _read_nibabel(path: Path) -> sitk.Image:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    img: Any = nib.load(str(path))  # typed as nibabel's base class; a NIfTI image has dataobj and affine
     data = np.asarray(img.dataobj)
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.T), isVector=False)
     affine = img.affine.copy()
@@ -78,7 +85,7 @@ def _nifti_problem(path: Path) -> str | None:
     from nibabel.filebasedimages import ImageFileError
 
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))  # a NIfTI image (see _read_nibabel)
         dtype = img.header.get_data_dtype()
         expected = int(img.header["vox_offset"]) + int(np.prod(img.shape)) * dtype.itemsize
         if path.name.endswith(".gz"):

@@ -48,7 +48,7 @@ class Anatomy:
 
 def grid_coordinates(
     shape: tuple[int, int, int], fov: tuple[float, float, float] = FIELD_OF_VIEW
-) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
+) -> tuple[tuple[np.ndarray, ...], tuple[float, ...], tuple[float, ...]]:
     """Voxel-centre coordinates (mm) as three broadcastable axes, the spacing and the origin of a grid over ``fov``."""
     spacing = tuple(f / n for f, n in zip(fov, shape))
     origin = tuple(-f / 2 + s / 2 for f, s in zip(fov, spacing))

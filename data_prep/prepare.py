@@ -10,12 +10,13 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
 from data_prep.folder import claim
-from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, read_json, write_image
+from data_prep.io import Geometry, VolumeError, atomic_write_text, float3, from_array, int3, read_image, read_json, write_image
 from data_prep.manifest import FORMAT, KINDS, ROLES, Manifest
 from data_prep.phantom import synthetic_skull
 from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
@@ -155,21 +156,22 @@ def assign_roles(cases: list[SourceCase], opts: PrepareOptions) -> tuple[list[So
     skulls = sorted({c.skull for c in cases if c.role is None})
     by_skull = _split_skulls(skulls, opts)
     out, excluded = [], []
+    shift: tuple[str, ...] = opts.shift_defects or ()  # set by PrepareOptions
     for case in cases:
-        skull_role = case.role or by_skull.get(case.skull) or by_skull.get(case.case_id)
+        skull_role = case.role or by_skull[case.skull]  # every skull of a case without a role was split
         if case.defective is None:
             kinds = {
                 "train": [("train", k) for k in opts.defects],
                 "val": [("val", k) for k in opts.defects],
-                "eval": [("eval1", k) for k in opts.defects] + [("eval2", k) for k in opts.shift_defects],
+                "eval": [("eval1", k) for k in opts.defects] + [("eval2", k) for k in shift],
                 "eval1": [("eval1", k) for k in opts.defects],
-                "eval2": [("eval2", k) for k in (opts.shift_defects or opts.defects)],
+                "eval2": [("eval2", k) for k in (shift or opts.defects)],
             }[skull_role]
             for role, kind in kinds:
                 cid = f"{case.case_id}_{kind}"
                 out.append(replace(case, case_id=cid, defect=kind, role=role, seed=_case_seed(opts.seed, cid)))
             continue
-        shifted = case.defect in opts.shift_defects
+        shifted = case.defect in shift
         if skull_role == "eval":
             role = "eval2" if shifted else "eval1"
         elif skull_role in ("eval1", "eval2"):
@@ -207,8 +209,10 @@ def _source_image(case: SourceCase, opts: PrepareOptions):
     if case.synthetic_seed is not None:
         shape = opts.synthetic_shape or opts.grid
         mask, spacing, origin = synthetic_skull(case.synthetic_seed, shape, mandible=opts.mandible)
-        return from_array(mask.astype(np.uint8), Geometry(tuple(shape), spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1)))
-    return read_image(case.complete if case.complete is not None else case.defective)
+        return from_array(mask.astype(np.uint8), Geometry(int3(shape), float3(spacing), float3(origin), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    path = case.complete if case.complete is not None else case.defective
+    assert path is not None  # discover() gives every file case a complete or a defective skull
+    return read_image(path)
 
 
 def load_complete(case: SourceCase, opts: PrepareOptions) -> tuple[Layout, np.ndarray, dict]:
@@ -240,9 +244,10 @@ def process_case(case: SourceCase, opts: PrepareOptions, loaded: tuple | None = 
         VolumeError, DefectError: the case cannot be prepared (the message names the file).
     """
     layout, complete, source = loaded or load_complete(case, opts)
-    record = {"id": case.case_id, "skull": case.skull, "role": case.role, "defect": case.defect, "seed": case.seed}
+    record: dict[str, Any] = {"id": case.case_id, "skull": case.skull, "role": case.role, "defect": case.defect, "seed": case.seed}
     record["source"] = source
     if case.defective is None:
+        assert case.defect is not None  # assign_roles names the defect to generate
         defect = make_defect(complete, layout.canonical.spacing, case.defect, case.seed)
         implant = complete & defect.region
         defective = complete & ~defect.region
@@ -309,7 +314,7 @@ def _work(args: tuple[list[SourceCase], PrepareOptions]) -> list[tuple[dict | No
         loaded = load_complete(group[0], opts)
     except Exception as e:  # reported and recorded per case, like any other failure
         return [(None, _skip(case, e)) for case in group]
-    out = []
+    out: list[tuple[dict | None, Skip | None]] = []
     for case in group:
         try:
             out.append((process_case(case, opts, loaded), None))
@@ -353,23 +358,23 @@ def _prepare(opts: PrepareOptions) -> PrepareResult:
         groups.setdefault(_source_key(case), []).append(case)
     jobs = [(g, opts) for g in groups.values()]
     bar = progress(total=len(todo), desc="prepare", unit="case", quiet=opts.quiet or not todo)
-    results = []
+    results: list[tuple[dict | None, Skip | None]] = []
     if opts.workers > 1 and len(jobs) > 1:
         # spawn: forked children can deadlock in thread pools (OpenMP, ITK) the parent already started
         with mp.get_context("spawn").Pool(opts.workers, initializer=_init_worker) as pool:
-            for done in pool.imap_unordered(_work, jobs):
-                results.extend(done)
-                bar.update(len(done))
+            for batch in pool.imap_unordered(_work, jobs):
+                results.extend(batch)
+                bar.update(len(batch))
     else:
         for job in jobs:
             results.extend(_work(job))
             bar.update(len(job[0]))
     bar.close()
-    for record, skip in results:
-        if skip is not None:
-            log.warning("skipped %s: %s", skip.file, skip.reason)
-            skipped.append(skip)
-        else:
+    for record, problem in results:
+        if problem is not None:
+            log.warning("skipped %s: %s", problem.file, problem.reason)
+            skipped.append(problem)
+        elif record is not None:
             records.append(record)
     manifest = Manifest(
         opts.output / "manifest.json",

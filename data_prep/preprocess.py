@@ -6,13 +6,14 @@ case's original geometry (shape, spacing, origin, direction).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from data_prep.io import Geometry, VolumeError, from_array, to_array
+from data_prep.io import Geometry, VolumeError, from_array, int3, to_array
 
 BONE_HU = 150.0  # CT voxels at or above this (Hounsfield units) are bone
 CANONICAL = "LPS"  # DICOM convention: +x to patient Left, +y Posterior, +z Superior; identity direction
@@ -80,12 +81,12 @@ class Layout:
     grid: tuple[int, int, int]
 
     @classmethod
-    def plan(cls, image: sitk.Image, grid: tuple[int, int, int], axial_slices: int | None = None) -> Layout:
+    def plan(cls, image: sitk.Image, grid: Sequence[int], axial_slices: int | None = None) -> Layout:
         orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
         canonical = Geometry.of(sitk.DICOMOrient(image, CANONICAL) if orientation != CANONICAL else image)
         n = canonical.shape[2]
         slices = axial_slices or n
-        return cls(Geometry.of(image), orientation, canonical, n - slices, slices, tuple(int(g) for g in grid))
+        return cls(Geometry.of(image), orientation, canonical, n - slices, slices, int3(grid))
 
     def to_dict(self) -> dict:
         return {

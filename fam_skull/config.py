@@ -11,6 +11,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from data_prep.defects import DEFECT_TYPES
+from fam_skull.fam.flatness import ESTIMATORS, OBJECTIVES, Estimator, Objective
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE
 from fam_skull.fam.sam import DEFAULT_RHO
 
@@ -80,8 +82,8 @@ class OptimConfig:
 class FAMConfig:
     lam: float = DEFAULT_LAMBDA
     layer: str = "bottleneck"
-    objective: str = DEFAULT_OBJECTIVE  # fisher (Gauss-Newton, >= 0) | kappa | published (the authors' ||W|| Tr(H)) | l2 (control)
-    estimator: str = "hutchinson"  # hutchinson | exact
+    objective: Objective = DEFAULT_OBJECTIVE  # fisher (Gauss-Newton, >= 0) | kappa | published (the authors' ||W|| Tr(H)) | l2 (control)
+    estimator: Estimator = "hutchinson"  # hutchinson | exact
     probes: int = 1
     every: int = 1
     scale_lambda: bool = True
@@ -148,8 +150,8 @@ CHOICES = {
     "loss.reduction": ("mean", "sum"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("none", "poly", "cosine"),
-    "fam.estimator": ("hutchinson", "exact"),
-    "fam.objective": ("kappa", "fisher", "published", "l2"),
+    "fam.estimator": ESTIMATORS,
+    "fam.objective": OBJECTIVES,
 }
 POSITIVE = (
     "train.max_weight",
@@ -182,6 +184,11 @@ def _coerce(value, annotation, key: str):
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         return None if value is None else _coerce(value, options[0], key)
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
@@ -214,7 +221,7 @@ def build_section(cls: type, values: dict, prefix: str = "") -> Any:
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(names)})"
             raise ConfigError(f"unknown key {prefix}{key}{hint}")
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             kwargs[key] = build_section(annotation, value or {}, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, annotation, f"{prefix}{key}")
@@ -297,7 +304,7 @@ def merge(base: dict, overrides: list[str]) -> dict:
         raise ConfigError(f"override {e}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict | None = None) -> Config:
     """Read a YAML config (or start from ``base``), apply overrides, and validate.
 
     Raises:

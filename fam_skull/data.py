@@ -3,12 +3,13 @@ skull as the two possible targets (``model.target``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import Dataset as TorchDataset
 
 from data_prep.manifest import Manifest, ManifestError
 from fam_skull.transforms import MASKS
@@ -56,8 +57,17 @@ def dataset(manifest: Manifest, role: str, cache: bool = True) -> Dataset:
     return Dataset(entries, transforms())
 
 
-def loader(ds: Sequence, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> DataLoader:
+class Cases(Protocol):
+    """What training reads cases from: a MONAI dataset, an augmenting wrapper of one, or a list of dicts."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+def loader(ds: Cases, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0) -> DataLoader:
     """A loader whose order depends only on ``seed`` and the epoch (``sampler.set_epoch``), so a resumed run
     sees the same batches; under torchrun each rank takes its share of every global batch."""
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    data = cast(TorchDataset, ds)  # torch reads any map-style dataset; its hints name the class
+    sampler: DistributedSampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available())

@@ -23,6 +23,7 @@ def init_distributed() -> tuple[int, int, int, bool]:
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy (name, keys, pos, ...) form
     state = {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(np_state[1].astype(np.int64)),

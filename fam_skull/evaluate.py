@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,8 @@ METRICS = ("dsc", "hd", "hd95", "assd", "bdsc")
 def _methods(predictions: list[str]) -> list[tuple[str, Path, dict]]:
     out = []
     for item in predictions:
-        label, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
-        folder = Path(folder)
+        label, _, name = item.rpartition("=") if "=" in item else ("", "", item)
+        folder = Path(name)
         index = read_index(folder)
         out.append((label or index["method"], folder, index))
     labels = [label for label, _, _ in out]
@@ -138,7 +139,7 @@ def aggregate(results: list[dict], subset: int) -> dict:
     ok = sorted((r for r in results if "error" not in r), key=lambda r: r["case"])
     first = sorted(r["case"] for r in results)[:subset]
     sub = [r for r in ok if r["case"] in set(first)]
-    out = {
+    out: dict[str, Any] = {
         "cases": len(results),
         "failed": len(results) - len(ok),
         "empty_predictions": sum(r[t]["empty"] in ("prediction", "both") for r in ok for t in TARGETS),
@@ -175,7 +176,8 @@ def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
     manifest = Manifest.load(opts.manifest)
     methods = _methods(opts.predictions)
     output = Path(opts.output)
-    jobs, results = [], {label: [] for label, _, _ in methods}
+    jobs = []
+    results: dict[str, list[dict]] = {label: [] for label, _, _ in methods}
     dirs = {}
     for label, folder, index in methods:
         method_dir = output / slug(label)
@@ -200,30 +202,32 @@ def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
     if opts.workers > 1 and len(jobs) > 1:
         # spawn: forked children can deadlock in thread pools (ITK, OpenMP) the parent already started
         with mp.get_context("spawn").Pool(opts.workers) as pool:
-            for method_dir, _, result in pool.imap_unordered(_job, jobs):
-                results[dirs[method_dir]].append(result)
+            for done_dir, _, result in pool.imap_unordered(_job, jobs):
+                results[dirs[done_dir]].append(result)
                 bar.update()
     else:
         for job in jobs:
-            method_dir, _, result = _job(job)
-            results[dirs[method_dir]].append(result)
+            done_dir, _, result = _job(job)
+            results[dirs[done_dir]].append(result)
             bar.update()
     bar.close()
-    summaries, failed, total = {}, 0, 0
+    summaries: dict[str, dict] = {}
+    failed = total = 0
     for label, folder, _ in methods:
         method_results = sorted(results[label], key=lambda r: (r["set"], r["case"]))
         for r in method_results:
             if "error" in r:
                 log.warning("%s, case %s: %s", label, r["case"], r["error"])
+        sets = {role: aggregate([r for r in method_results if r["set"] == role], opts.subset) for role in opts.sets}
         summary = {
             "method": label,
             "predictions": str(folder),
             "empty_policy": opts.empty,
-            "sets": {role: aggregate([r for r in method_results if r["set"] == role], opts.subset) for role in opts.sets},
+            "sets": sets,
             "metric_per_case": method_results,
         }
-        failed += sum(s["failed"] for s in summary["sets"].values())
-        total += sum(s["cases"] for s in summary["sets"].values())
+        failed += sum(s["failed"] for s in sets.values())
+        total += sum(s["cases"] for s in sets.values())
         atomic_write_text(output / slug(label) / "summary.json", json.dumps(summary, indent=1))
         summaries[label] = summary
     write_reports(summaries, manifest, output, opts.sets)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import Dataset
 
 from data_prep.io import atomic_write_text
 from data_prep.manifest import Manifest
 from data_prep.progress import progress
 from fam_skull.data import items, transforms
-from fam_skull.fam.flatness import relative_flatness
+from fam_skull.fam.flatness import Objective, relative_flatness
 from fam_skull.runs import build_loss, load_run, method_label
 
 
@@ -56,7 +55,7 @@ def measure_flatness(
     seed: int = 0,
     output: str | Path | None = None,
     quiet: bool = False,
-    objective: str = "kappa",
+    objective: Objective = "kappa",
 ) -> FlatnessReport:
     """kappa (not scaled by (2m)^-1; ``objective="fisher"``: kappa_F of the Gauss-Newton matrix) of the run's FAM
     layer (``fam.layer``, default the bottleneck) over the ``roles`` cases of a manifest, one case per batch,
@@ -73,7 +72,9 @@ def measure_flatness(
     loss_fn = build_loss(config)
     generator = torch.Generator().manual_seed(seed)
     per_case = {}
-    for item in progress(Dataset(entries, transforms()), total=len(entries), desc="flatness", unit="case", quiet=quiet):
+    load = transforms()
+    for entry in progress(entries, desc="flatness", unit="case", quiet=quiet):
+        item = load(entry)
         kappa = relative_flatness(
             model,
             config.fam.layer,

@@ -24,13 +24,14 @@ always worsens an average; ``empty="inf"`` gives inf. Two empty masks agree perf
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-Spacing = Sequence[float]  # voxel size in mm per axis
+Spacing = Sequence[float] | np.ndarray  # voxel size in mm per axis
 EMPTY_POLICIES = ("diagonal", "inf")
 _SIX = ndimage.generate_binary_structure(3, 1)
 
@@ -60,6 +61,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
+def _spacing(spacing: Spacing | None) -> np.ndarray:
+    return np.ones(3) if spacing is None else np.asarray(spacing, dtype=np.float64)
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=_SIX, border_value=0)
 
@@ -76,11 +81,11 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing | None = No
     """Directed surface distances (mm) a->b and b->a, as medpy computes them (as a multiset; the order differs).
     Both masks must be non-empty."""
     a, b = _as_mask(a, "a"), _as_mask(b, "b")
-    spacing = np.ones(3) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    mm = _spacing(spacing)
     crop = _bbox(a, b, margin=1)
     sa, sb = _surface(a[crop]), _surface(b[crop])
-    pa, pb = np.argwhere(sa) * spacing, np.argwhere(sb) * spacing
-    return _directed(sa, sb, pb, spacing), _directed(sb, sa, pa, spacing)
+    pa, pb = np.argwhere(sa) * mm, np.argwhere(sb) * mm
+    return _directed(sa, sb, pb, mm), _directed(sb, sa, pa, mm)
 
 
 def boundary_dice(
@@ -91,15 +96,15 @@ def boundary_dice(
     defective = _as_mask(defective, "defective")
     if not (pred.any() or gt.any()):
         return 1.0
-    spacing = np.ones(3) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    mm = _spacing(spacing)
     # a voxel within distance_mm of the skull has its nearest skull voxel inside this enlarged crop
-    reach = np.ceil(distance_mm / spacing).astype(int) + 1
+    reach = np.ceil(distance_mm / mm).astype(int) + 1
     crop = _bbox(pred, gt, margin=0)
     crop = tuple(slice(max(s.start - r, 0), min(s.stop + r, n)) for s, r, n in zip(crop, reach, pred.shape))
     if not defective[crop].any():
         near = np.zeros(pred[crop].shape, bool)
     else:
-        near = ndimage.distance_transform_edt(~defective[crop], sampling=spacing) <= distance_mm
+        near = ndimage.distance_transform_edt(~defective[crop], sampling=mm) <= distance_mm
     return dice(pred[crop] & near, gt[crop] & near)
 
 
@@ -133,23 +138,23 @@ def compute_metrics(
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {gt.shape}")
     if empty not in EMPTY_POLICIES:
         raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
-    spacing = np.ones(3) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    mm = _spacing(spacing)
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     crop = _bbox(pred, gt, margin=1) if has_pred or has_gt else ()
-    out = {"dsc": dice(pred[crop], gt[crop])}
+    out: dict[str, Any] = {"dsc": dice(pred[crop], gt[crop])}
     if has_pred and has_gt:
-        ab, ba = surface_distances(pred[crop], gt[crop], spacing)
+        ab, ba = surface_distances(pred[crop], gt[crop], mm)
         both = np.concatenate([ab, ba])
         out.update(hd=float(max(ab.max(), ba.max())), hd95=float(np.percentile(both, 95)), assd=float(both.mean()))
         out["empty"] = None
     else:
-        worst = float(np.linalg.norm(np.array(pred.shape) * spacing)) if empty == "diagonal" else float("inf")
+        worst = float(np.linalg.norm(np.array(pred.shape) * mm)) if empty == "diagonal" else float("inf")
         value = 0.0 if not (has_pred or has_gt) else worst
         out.update(hd=value, hd95=value, assd=value)
         out["empty"] = "both" if not (has_pred or has_gt) else ("prediction" if not has_pred else "reference")
     out["empty_policy"] = empty
     if defective is not None:
-        out["bdsc"] = boundary_dice(pred, gt, defective, spacing, boundary_mm)
+        out["bdsc"] = boundary_dice(pred, gt, defective, mm, boundary_mm)
     return out
 
 

@@ -30,7 +30,7 @@ def _spacings(spacing, y_pred: torch.Tensor, batch: int) -> list[np.ndarray]:
             return [np.ones(3)] * batch
         affine = affine.detach().cpu().double().numpy().reshape(-1, 4, 4)
         return [np.linalg.norm(affine[min(i, len(affine) - 1), :3, :3], axis=0) for i in range(batch)]
-    if np.isscalar(spacing):
+    if isinstance(spacing, (int, float, np.number)):
         return [np.full(3, float(spacing))] * batch
     spacing = list(spacing)
     if all(np.isscalar(s) for s in spacing):
@@ -72,8 +72,10 @@ class SkullMetric(CumulativeIterationMetric):
         self.get_not_nans, self.empty, self.boundary_mm = get_not_nans, empty, boundary_mm
 
     def _compute_tensor(
-        self, y_pred: torch.Tensor, y: torch.Tensor, spacing=None, defective: torch.Tensor | None = None, **kwargs
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, spacing=None, defective: torch.Tensor | None = None, **kwargs
     ) -> torch.Tensor:
+        if y is None:
+            raise ValueError("expected a reference y next to y_pred")
         if y_pred.ndim != 5 or y_pred.shape != y.shape:
             raise ValueError(
                 f"expected batch-first 3D tensors of one shape (B, C, X, Y, Z), got {tuple(y_pred.shape)} and {tuple(y.shape)}"

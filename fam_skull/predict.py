@@ -168,6 +168,7 @@ def implant_on_grid(
         from monai.inferers import sliding_window_inference
 
         logits = sliding_window_inference(x, roi_size, 1, model, overlap=0.25)
+        assert isinstance(logits, torch.Tensor)  # the model returns one tensor
     else:
         logits = model(x)
     return implant_mask(logits, x)[0, 0].cpu().numpy()

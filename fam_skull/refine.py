@@ -24,6 +24,7 @@ from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.preprocess import Layout
 from data_prep.progress import progress
+from fam_skull.data import Cases
 from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
 
@@ -83,6 +84,7 @@ def refine_implant(
         return out
     x = torch.from_numpy(np.stack([defective[box], probability[box]]).astype(np.float32))[None].to(device)
     logits = sliding_window_inference(x, tuple(patch), 1, model, overlap=0.25, mode="gaussian")
+    assert isinstance(logits, torch.Tensor)  # the model returns one tensor
     out[box] = implant_mask(logits, x[:, :1])[0, 0].cpu().numpy()
     return out
 
@@ -145,11 +147,12 @@ def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device: t
 
 
 @torch.no_grad()
-def validate_refined(model: torch.nn.Module, cases: list[dict], patch: Sequence[int], margin_mm: float, device: torch.device) -> dict:
+def validate_refined(model: torch.nn.Module, cases: Cases, patch: Sequence[int], margin_mm: float, device: torch.device) -> dict:
     """Mean implant DSC, HD95 (mm) and completed-skull DSC of the refined implants at the scan's resolution."""
     model.eval()
     rows = []
-    for c in cases:
+    for i in range(len(cases)):
+        c = cases[i]
         implant = refine_implant(model, c["defective"], c["probability"], c["spacing"], patch, margin_mm, device)
         rows.append(implant_scores(implant, c["implant"], c["defective"], c["spacing"]))
     return {f"val_{key}": float(np.mean([r[key] for r in rows])) for key in rows[0]}

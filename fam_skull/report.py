@@ -21,13 +21,13 @@ SET_NAMES = {"eval1": "set 1", "eval2": "set 2"}
 
 
 def _cell(values: list[float | None], metric: str) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
     digits = 4 if metric == "dsc" else 3
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    if len(present) == 1:
+        return f"{present[0]:.{digits}f}"
+    return f"{np.mean(present):.{digits}f} ± {np.std(present, ddof=1):.{digits}f}"
 
 
 def paper_table(

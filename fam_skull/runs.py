@@ -175,7 +175,7 @@ RESUMABLE = (
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for key, value in values.items():
         out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
     return out

@@ -92,7 +92,7 @@ class Stepper:
         with self._autocast(fam_active):
             outputs = self.model(inputs)
             task_loss = self.loss_fn(outputs, targets)
-        if self.method == "fam":
+        if self.method == "fam" and self.regularizer is not None:
             out = self.regularizer.regularize(task_loss, outputs)
             loss, kappa = out.loss, out.kappa
         else:

@@ -60,10 +60,9 @@ class SweepConfig:
 def load_sweep(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict | None = None) -> tuple[SweepConfig, dict]:
     """The sweep section (validated) and the run section (validated once per run)."""
     if values is None:
-        path = Path(path)
-        if not path.is_file():
+        if path is None or not Path(path).is_file():
             raise ConfigError(f"{path}: sweep config not found")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(Path(path).read_text()) or {}
     unknown = set(values) - {"sweep", "run"}
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; a sweep config has 'sweep' and 'run'")
@@ -84,6 +83,7 @@ def _refine_settings(sweep: SweepConfig, coarse_run: str) -> dict:
 
 def _arms(sweep: SweepConfig) -> list[tuple[str, str | None, dict]]:
     """(folder name, table label or None for the method's own, config keys) of each arm."""
+    out: list[tuple[str, str | None, dict]]
     if not sweep.arms:
         out = [("baseline", None, {"method": "baseline"})] if sweep.baseline else []
         out += [(f"fam_{lam:g}", None, {"method": "fam", "fam.lam": lam}) for lam in sweep.lams]

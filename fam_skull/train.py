@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 from data_prep.defects import DEFECT_TYPES
 from data_prep.folder import check_folder, claim
@@ -32,7 +34,7 @@ from fam_skull import refine
 from fam_skull.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from fam_skull.config import Config, ConfigError
 from fam_skull.curves import plot_curves, write_metrics
-from fam_skull.data import dataset, loader
+from fam_skull.data import Cases, dataset, loader
 from fam_skull.distributed import init_distributed, rank_spread, rng_state, set_rng_state
 from fam_skull.fam.flatness import resolve_layer
 from fam_skull.fam.regularizer import FAMRegularizer
@@ -41,6 +43,9 @@ from fam_skull.runs import RunFolder, build_loss, load_run, model_from_config, r
 from fam_skull.step import Stepper
 from fam_skull.transforms import EpochSeededDataset, training_augmentation
 from fam_skull.validation import validate
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("fam_skull.train")
 
@@ -132,14 +137,14 @@ class Trainer:
         if cfg.stage == "refine":
             self._refine_data(manifest, validating)
         else:
-            self.train_ds = dataset(manifest, "train", cfg.data.cache)
+            self.train_ds: Cases = dataset(manifest, "train", cfg.data.cache)
             a = cfg.augment
             if a.fresh_defect or a.flip or a.affine:
                 augmentation = training_augmentation(
                     augmentation_kinds(cfg, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale
                 )
                 self.train_ds = EpochSeededDataset(self.train_ds, augmentation, cfg.train.seed)
-            self.val_ds = dataset(manifest, "val", cfg.data.cache) if validating else None
+            self.val_ds: Cases | None = dataset(manifest, "val", cfg.data.cache) if validating else None
         self.train_loader = loader(
             self.train_ds,
             cfg.data.batch_size // self.world,
@@ -157,7 +162,7 @@ class Trainer:
         self.net = net
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
-        self.regularizer = None
+        self.regularizer: FAMRegularizer | None = None
         if cfg.method == "fam":
             f = cfg.fam
             self.regularizer = FAMRegularizer(
@@ -189,7 +194,8 @@ class Trainer:
             sam_rho=cfg.sam.rho,
             amp=cfg.train.amp and self.device.type == "cuda",
         )
-        self.start_epoch, self.best, self.best_epoch, self.history = 1, -1.0, 0, []
+        self.start_epoch, self.best, self.best_epoch = 1, -1.0, 0
+        self.history: list[dict] = []
         self.nonfinite = 0
         self.resumed = resume
         if resume:
@@ -203,7 +209,8 @@ class Trainer:
                     f"{self.folder.checkpoint('last')}: does not fit this run's config.yaml (missing entry or "
                     f"another model: {reason}); resume it with its own config or start a new run"
                 ) from None
-        self._handler = self._writer = None
+        self._handler: logging.FileHandler | None = None
+        self._writer: SummaryWriter | None = None
 
     def _refine_data(self, manifest: Manifest, validating: bool) -> None:
         """Refinement stage: the coarse run's probabilities for every train (val) case at the scan's resolution,
@@ -220,6 +227,7 @@ class Trainer:
         self.val_ds = refine.load_cases(manifest, "val", coarse, self.device, self.quiet) if validating else None
 
     def _validate(self) -> dict:
+        assert self.val_ds is not None  # rank 0 with val cases
         if self.cfg.stage == "refine":
             return refine.validate_refined(self.model, self.val_ds, self.cfg.refine.patch, self.cfg.refine.margin_mm, self.device)
         return validate(self.model, self.val_ds, self.device)
@@ -296,12 +304,14 @@ class Trainer:
             self._handler.close()
         if self._owns_group:
             # free the DDP reducer before the process group: the other order can hang gloo's teardown at exit
-            self.net = self.stepper = self.regularizer = None
+            del self.net, self.stepper, self.regularizer
             gc.collect()
             dist.destroy_process_group()
 
     def _train_epoch(self, epoch: int) -> dict:
-        self.train_loader.sampler.set_epoch(epoch)
+        sampler = self.train_loader.sampler
+        assert isinstance(sampler, DistributedSampler)  # loader() builds one
+        sampler.set_epoch(epoch)
         if isinstance(self.train_ds, EpochSeededDataset):
             self.train_ds.set_epoch(epoch)
         losses, task_losses, kappas = [], [], []
@@ -395,10 +405,12 @@ class Trainer:
             save_checkpoint(state, self.folder.checkpoint(f"epoch_{epoch:04d}"))
         write_metrics(self.history, self.folder.metrics)
         plot_curves(self.history, self.folder.curves, self.best_epoch)
+        writer = self._writer
+        assert writer is not None  # _open_logs ran on rank 0
         for key in ("kappa", "val_implant_dsc", "val_implant_hd95", "val_skull_dsc", "step_time", "data_wait_share"):
             if row[key] is not None:
-                self._writer.add_scalar(f"epoch/{key}", row[key], epoch)
-        self._writer.flush()
+                writer.add_scalar(f"epoch/{key}", row[key], epoch)
+        writer.flush()
         if row["rank_spread"]:
             log.error("epoch %d: replicas differ across ranks by %.3g", epoch, row["rank_spread"])
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureTyped, MapTransform, RandAffined, RandFlipd, Randomizable, RandomizableTransform
+from monai.transforms import Compose, EnsureTyped, MapTransform, RandAffined, RandFlipd, RandomizableTransform
 
 from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
 
@@ -74,9 +74,9 @@ class RandSkullDefectd(RandomizableTransform, MapTransform):
             region = make_defect(mask, spacing, self._kind, self._seed).region
         except DefectError:
             return data
-        region = torch.from_numpy(region)[None].to(complete.device)
-        out[self.implant_key] = complete * region
-        out[self.defective_key] = complete * ~region
+        cut = torch.from_numpy(region)[None].to(complete.device)
+        out[self.implant_key] = complete * cut
+        out[self.defective_key] = complete * ~cut
         return out
 
 
@@ -116,7 +116,7 @@ class EpochSeededDataset(torch.utils.data.Dataset):
     """``base[i]`` passed through a random ``transform`` seeded by :func:`item_seed` (call :meth:`set_epoch`
     before each epoch, as with a DistributedSampler)."""
 
-    def __init__(self, base, transform: Randomizable, seed: int) -> None:
+    def __init__(self, base, transform: Compose, seed: int) -> None:
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
+from fam_skull.data import Cases
 from fam_skull.metrics import implant_scores
 from fam_skull.models import implant_mask
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, val_ds: Sequence[dict], device: torch.device) -> dict:
+def validate(model: torch.nn.Module, val_ds: Cases, device: torch.device) -> dict:
     """Mean implant DSC, implant HD95 (mm) and completed-skull DSC over the validation cases, on the grid.
 
     The implant is :func:`~fam_skull.models.implant_mask` of the output; a missed implant scores DSC 0 and
@@ -20,7 +19,8 @@ def validate(model: torch.nn.Module, val_ds: Sequence[dict], device: torch.devic
     """
     model.eval()
     rows = []
-    for item in val_ds:
+    for i in range(len(val_ds)):
+        item = val_ds[i]
         defective = item["image"][None].to(device)
         implant = implant_mask(model(defective), defective)[0, 0].cpu().numpy()
         rows.append(implant_scores(implant, item["implant"][0].numpy() > 0.5, item["image"][0].numpy() > 0.5, item["spacing"].numpy()))

@@ -32,6 +32,9 @@ def test_overrides_are_typed_and_applied():
         (["train.epochs"], "expected key=value"),
         (["data.manifest=''"], "data.manifest: required"),
         (["model.name=vnet"], "model.name: must be one of unet, autoencoder, linear_ae"),
+        # typed as the FAM package's Literals, checked while the section is built
+        (["fam.objective=kapa"], "fam.objective: must be one of kappa, fisher, published, l2, got 'kapa'"),
+        (["fam.estimator=1"], "fam.estimator: must be one of hutchinson, exact, got 1"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

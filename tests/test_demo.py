@@ -1,4 +1,4 @@
-"""End to end: the demo pipeline at a tiny size, a sweep over lambdas and seeds, the flatness command."""
+"""End to end: the demo pipeline at a tiny size and the flatness command (the sweep: test_sweep.py)."""
 
 import csv
 import json
@@ -37,28 +37,6 @@ def test_demo_from_the_cli_at_a_tiny_size(tmp_path, capsys):
     for name in ("boxplots.png", "curves_fam_3_s0.png", "curves_fam_3_refined_s0.png", "overlays_baseline_refinement.png"):
         assert (report / name).is_file()
     assert "| baseline |" in printed and "report.md" in printed
-
-
-def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest, capsys):
-    cfg = {
-        "sweep": {"output": str(tmp_path / "sweep"), "lams": [0.001, 0.01], "seeds": [0, 1], "baseline": False, "min_component_mm3": 0},
-        "run": {"data": {"manifest": str(manifest), "batch_size": 2}, "model": TINY_UNET, "train": {"epochs": 1, "threads": 1}},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["sweep", str(path), "--quiet"]) == 0
-    rows = list(csv.reader((tmp_path / "sweep" / "report" / "sweep_table.csv").read_text().splitlines()))
-    assert [r[0] for r in rows[1:]] == ["FAM, lambda = 0.001 (2 seeds)", "FAM, lambda = 0.01 (2 seeds)"]
-    assert all(re.fullmatch(r"\d+\.\d+ ± \d+\.\d+", cell) for r in rows[1:] for cell in r[1:])
-    # the cell is the mean over seeds of the per-run means
-    runs = {s: json.loads((tmp_path / "sweep" / "report" / f"FAM_lambda_0.001_seed_{s}" / "summary.json").read_text()) for s in (0, 1)}
-    dsc = [runs[s]["sets"]["eval1"]["implant"]["dsc"]["all"]["mean"] for s in (0, 1)]
-    assert rows[1][1].startswith(f"{sum(dsc) / 2:.4f} ± ")
-    assert "## Paper table (implants, mean ± std over seeds)" in (tmp_path / "sweep" / "report" / "report.md").read_text()
-    # a rerun trains nothing again
-    stamp = (tmp_path / "sweep" / "runs" / "fam_0.01_s1" / "checkpoints" / "last.pt").stat().st_mtime
-    assert main(["sweep", str(path), "--quiet"]) == 0
-    assert (tmp_path / "sweep" / "runs" / "fam_0.01_s1" / "checkpoints" / "last.pt").stat().st_mtime == stamp
 
 
 def test_flatness_command(tmp_path, manifest, trained_run, capsys):

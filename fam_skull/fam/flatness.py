@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from fam_skull.fam.norms import decomposed_norms
 
-Estimator = Literal["exact", "hutchinson"]
+Estimator = Literal["hutchinson", "exact"]
 Objective = Literal["kappa", "fisher", "published", "l2"]
-OBJECTIVES = ("kappa", "fisher", "published", "l2")
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PUBLISHED_TOLERANCE, PUBLISHED_MAX_PROBES = 1e-4, 200
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -226,8 +227,8 @@ def flatness_of_loss(
     (:mod:`fam_skull.fam.norms`) for the gradient of ``kappa`` to be right; :func:`relative_flatness` and
     :class:`~fam_skull.fam.regularizer.FAMRegularizer` see to that.
     """
-    if estimator not in ("exact", "hutchinson"):
-        raise ValueError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if probes < 1:
