@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import sys
 import time
+
+MMAP_THRESHOLD = "65536"
+
+
+def heap_returns_memory() -> None:
+    """Re-run this script with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB (once): every tensor then lives in its
+    own mapping that goes back to the system when freed, so a resident-memory peak follows the live tensors (as
+    CUDA's allocated-memory peak does) instead of the heap's fragmentation, which adds up to ~1.5x here."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD})
 
 
 def _rss_kib(field: str) -> int:

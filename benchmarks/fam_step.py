@@ -2,8 +2,9 @@
 
 MONAI UNet channels (8,16,32,64), strides (2,2,2), 2 residual units, batch 2 x 1 x SHAPE (default 64x64x32),
 Dice loss, on the CPU or a CUDA device. Each variant runs in a forked child, so its peak memory is its own: on
-the CPU the peak resident memory over building the model, a warm-up step and the timed steps; on CUDA the peak
-memory PyTorch allocated on the device.
+the CPU the peak resident memory over building the model, a warm-up step and the timed steps, on glibc's default
+heap (whose fragmentation it includes; ``fam_memory.py`` measures the live tensors); on CUDA the peak memory PyTorch
+allocated on the device.
 
     python benchmarks/fam_step.py [--steps 20] [--repeats 3] [--threads 2] [--device cuda] [--shape 128,128,64] [--batch 2]
 
@@ -42,9 +43,9 @@ def _stepper(variant: str, device):
     model = _model().to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
-    if variant.startswith("fam"):
-        objective, every = variant.split(":")[1].split("/")
-        reg = FAMRegularizer(model, lam=LAM, every=int(every), objective=objective)
+    if variant.startswith("fam"):  # fam:OBJECTIVE/EVERY[/cCHUNK]
+        objective, every, *chunk = variant.split(":")[1].split("/")
+        reg = FAMRegularizer(model, lam=LAM, every=int(every), objective=objective, chunk=int(chunk[0][1:]) if chunk else None)
         return Stepper(model, loss_fn, opt, "fam", regularizer=reg)
     return Stepper(model, loss_fn, opt, variant, sam_rho=0.05)
 
@@ -83,8 +84,10 @@ def main() -> None:
         ("FAM kappa, 1 probe, every step", "fam:kappa/1", args.steps),
         ("FAM kappa, every 5 steps", "fam:kappa/5", args.steps),
         ("FAM kappa, every 10 steps", "fam:kappa/10", args.steps),
+        ("FAM kappa, every step, in passes of 1 sample (fam.chunk 1)", "fam:kappa/1/c1", args.steps),
         ("FAM fisher, 1 probe, every step", "fam:fisher/1", args.steps),
         ("FAM fisher, every 5 steps", "fam:fisher/5", args.steps),
+        ("FAM fisher, every step, in passes of 1 sample (fam.chunk 1)", "fam:fisher/1/c1", args.steps),
         ("published ||W||_F * Tr(H), every step (probes until the mean settles, <= 200)", "fam:published/1", max(2, args.steps // 10)),
         ("published, every 5 steps", "fam:published/5", args.steps),
         ("L2 on the bottleneck (control)", "fam:l2/1", args.steps),

@@ -20,7 +20,7 @@ import yaml
 
 from data_prep.defects import DEFECT_TYPES
 from fam_skull.fam.flatness import ESTIMATORS, OBJECTIVES, Estimator, Objective
-from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE
+from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE, Reduction
 from fam_skull.fam.sam import DEFAULT_RHO
 
 
@@ -54,7 +54,7 @@ class LossConfig:
     name: str = "dice_ce"  # dice | dice_ce (Dice + cross-entropy) | dice_focal (Dice + focal)
     include_background: bool = False  # Dice over the background class too (the published configs: true)
     weight: float = 1.0  # the FAM paper's skull run used 80
-    reduction: str = "mean"  # Dice reduction: mean | sum
+    reduction: Reduction = "mean"  # how the loss combines voxels and samples: mean | sum
 
 
 @dataclass
@@ -88,6 +88,7 @@ class FAMConfig:
     every: int = 1
     scale_lambda: bool = True
     warmup_steps: int = 0
+    chunk: int | None = None  # samples per FAM pass (null: the batch); fewer: less memory, one more forward per chunk, same gradient
 
 
 @dataclass
@@ -147,7 +148,7 @@ CHOICES = {
     "model.name": ("unet", "autoencoder", "linear_ae"),
     "model.target": ("implant", "complete"),
     "loss.name": ("dice", "dice_ce", "dice_focal"),
-    "loss.reduction": ("mean", "sum"),
+    "loss.reduction": typing.get_args(Reduction),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.scheduler": ("none", "poly", "cosine"),
     "fam.estimator": ESTIMATORS,
@@ -255,6 +256,8 @@ def validate(config: Config) -> Config:
     for key in POSITIVE:
         if _get(config, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_get(config, key)}")
+    if config.fam.chunk is not None and config.fam.chunk < 1:
+        raise ConfigError(f"fam.chunk: samples per FAM pass, must be >= 1 or null, got {config.fam.chunk}")
     for key in NON_NEGATIVE:
         if _get(config, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")

@@ -168,6 +168,7 @@ RESUMABLE = (
     "optim.lr",
     "optim.weight_decay",
     "fam.lam",
+    "fam.chunk",
     "fam.every",
     "fam.probes",
     "sam.rho",

@@ -88,15 +88,20 @@ class Stepper:
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        fam_active = self.regularizer is not None and self.method == "fam" and self.regularizer.active
-        with self._autocast(fam_active):
-            outputs = self.model(inputs)
-            task_loss = self.loss_fn(outputs, targets)
-        if self.method == "fam" and self.regularizer is not None:
-            out = self.regularizer.regularize(task_loss, outputs)
-            loss, kappa = out.loss, out.kappa
+        reg = self.regularizer if self.method == "fam" else None
+        if reg is not None and reg.chunked(inputs.shape[0]):
+            # FAM passes over chunks, each backwarded (scaled like the final one) before the training forward
+            out = reg.chunked_step(self.loss_fn, inputs, targets, backward=lambda term: self.scaler.scale(term).backward())
+            task_loss, loss, kappa = out.task_loss, out.loss, out.kappa
         else:
-            loss, kappa = task_loss, None
+            with self._autocast(reg is not None and reg.active):
+                outputs = self.model(inputs)
+                task_loss = self.loss_fn(outputs, targets)
+            if reg is not None:
+                out = reg.regularize(task_loss, outputs)
+                loss, kappa = out.loss, out.kappa
+            else:
+                loss, kappa = task_loss, None
         values = (loss.item(), task_loss.item(), None if kappa is None else kappa.item())
         if not _all_ranks(all(v is None or math.isfinite(v) for v in values), loss.device):
             return StepResult(*values, skipped=True)

@@ -165,18 +165,23 @@ class Trainer:
         self.regularizer: FAMRegularizer | None = None
         if cfg.method == "fam":
             f = cfg.fam
-            self.regularizer = FAMRegularizer(
-                net,
-                f.layer,
-                f.lam,
-                estimator=f.estimator,
-                probes=f.probes,
-                every=f.every,
-                scale_lambda=f.scale_lambda,
-                warmup_steps=f.warmup_steps,
-                seed=cfg.train.seed,
-                objective=f.objective,
-            )
+            try:
+                self.regularizer = FAMRegularizer(
+                    net,
+                    f.layer,
+                    f.lam,
+                    estimator=f.estimator,
+                    probes=f.probes,
+                    every=f.every,
+                    scale_lambda=f.scale_lambda,
+                    warmup_steps=f.warmup_steps,
+                    seed=cfg.train.seed,
+                    objective=f.objective,
+                    chunk=f.chunk,
+                    loss_reduction=cfg.loss.reduction,
+                )
+            except ValueError as e:  # e.g. fam.chunk with a BatchNorm model
+                raise ConfigError(f"fam: {e}") from None
             steps = cfg.train.epochs * len(self.train_loader)
             if f.warmup_steps >= steps and self.rank == 0:
                 log.warning(

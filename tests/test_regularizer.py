@@ -135,13 +135,13 @@ def test_monai_supervised_trainer_iteration():
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_unet().parameters()))
 
 
-def _ddp_worker(rank, world, path, port):
+def _ddp_worker(rank, world, path, port, chunk):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = tiny_unet()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    reg = FAMRegularizer(ddp, lam=0.05, seed=0)
+    reg = FAMRegularizer(ddp, lam=0.05, seed=0, chunk=chunk)  # chunk: passes in no_sync, averaged by the last backward
     x, y = batch()
     per = x.shape[0] // world
     plain_loop(ddp, reg, x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per], 3)
@@ -152,13 +152,14 @@ def _ddp_worker(rank, world, path, port):
     dist.destroy_process_group()
 
 
-def test_ddp_ranks_agree_with_single_process(tmp_path):
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_ddp_ranks_agree_with_single_process(tmp_path, chunk):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=False)
+    ctx = mp.spawn(_ddp_worker, args=(2, str(tmp_path), port, chunk), nprocs=2, join=False)
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
@@ -177,3 +178,42 @@ def test_ddp_ranks_agree_with_single_process(tmp_path):
         torch.testing.assert_close(rank0[key], value, rtol=1e-9, atol=1e-11)
         moved |= not torch.allclose(value, initial[key])
     assert moved
+
+
+@pytest.mark.parametrize(
+    ("objective", "reduction", "n", "chunk"),
+    [("kappa", "mean", 4, 1), ("kappa", "sum", 3, 2), ("fisher", "mean", 3, 2), ("fisher", "sum", 4, 3)],
+)
+def test_chunked_passes_give_the_batch_gradient(objective, reduction, n, chunk):
+    x, y = batch(n)
+    loss_fn = DiceLoss(to_onehot_y=True, softmax=True, reduction=reduction)
+    grads = {}
+    for size in (None, chunk):
+        model = tiny_unet()
+        reg = FAMRegularizer(model, lam=0.5, seed=3, objective=objective, chunk=size, loss_reduction=reduction)
+        out = reg(loss_fn, x, y)
+        out.loss.backward()
+        assert reg.step == 1
+        grads[size] = (out.kappa.detach(), out.task_loss.detach(), [p.grad.clone() for p in model.parameters()], reg.generator.get_state())
+    (k0, l0, g0, s0), (k1, l1, g1, s1) = grads[None], grads[chunk]
+    assert torch.equal(s0, s1)  # the probe stream goes on as after one pass: later steps draw the same probes
+    torch.testing.assert_close(k1, k0, rtol=1e-9, atol=0)
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_chunked_passes_refuse_what_does_not_add_up():
+    model = tiny_unet()
+    with pytest.raises(ValueError, match="kappa and fisher"):
+        FAMRegularizer(model, objective="published", chunk=1)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        FAMRegularizer(model, chunk=0)
+    coupled = UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1, norm="batch").double()
+    with pytest.raises(ValueError, match=r"BatchNorm3d\) couples the samples"):
+        FAMRegularizer(coupled, chunk=1)
+    # a loss over the whole batch (Dice of the batch's voxels pooled) is no per-sample mean: found at the first step
+    reg = FAMRegularizer(model, lam=0.5, objective="kappa", chunk=2)
+    x, y = batch(4)
+    with pytest.raises(ValueError, match=r"is not the mean of its chunks' losses"):
+        reg(DiceLoss(to_onehot_y=True, softmax=True, batch=True), x, y)

@@ -37,3 +37,19 @@ def test_a_finite_loss_with_an_overflowing_gradient_is_skipped():
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p.detach(), b)
         assert p.grad is None
+
+
+def test_a_chunked_fam_step_is_the_same_update():
+    x, y = torch.randn(3, 1, 4, 4, 4, dtype=torch.float64), (torch.rand(3, 1, 4, 4, 4) > 0.5).double()
+    after, results = [], []
+    for chunk in (None, 1):
+        model = _model().double()
+        reg = FAMRegularizer(model, layer="0", lam=0.1, objective="kappa", seed=5, chunk=chunk)
+        results.append(Stepper(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), "fam", regularizer=reg)(x, y))
+        after.append([p.detach().clone() for p in model.parameters()])
+    assert not results[1].skipped and results[1].kappa is not None
+    assert abs(results[1].kappa - results[0].kappa) <= 1e-9 * abs(results[0].kappa)
+    assert abs(results[1].task_loss - results[0].task_loss) <= 1e-12 and abs(results[1].loss - results[0].loss) <= 1e-9
+    assert any(not torch.equal(p, q) for p, q in zip(after[0], _model().double().parameters()))
+    for p, q in zip(after[1], after[0]):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from fam_skull.fam.norms import decompose_norms, independent_of, restore_modules
 # than kappa's, hence the larger lambda.
 DEFAULT_OBJECTIVE: Objective = "fisher"
 DEFAULT_LAMBDA = 3.0
+Reduction = Literal["mean", "sum"]
 
 
 @dataclass
@@ -52,6 +54,14 @@ class FAMRegularizer:
         objective: ``kappa`` (relative flatness of the task loss's Hessian), ``fisher`` (of the Gauss-Newton
             matrix: >= 0, second order), ``published`` (the authors' ||W||_F * Tr(H)) or ``l2`` (||W||_F^2);
             see :func:`~fam_skull.fam.flatness.flatness_of_loss`.
+        chunk: samples per FAM pass (``kappa`` and ``fisher``). None: the whole batch, sharing the training
+            forward. With a smaller chunk, :meth:`chunked_step` computes the term on slices of the batch, each
+            backwarded before the next (its higher-order graph freed), with the same probe in every pass: the same
+            value and gradient as one pass over the batch at the peak memory of one chunk's pass, for one more
+            forward per chunk. It needs a loss that is a per-sample ``loss_reduction`` (mean or sum; MONAI's Dice,
+            Dice+CE and Dice+focal losses are) and no layer that couples the samples of a batch (BatchNorm in
+            training mode, dropout); every chunked step checks that the passes' losses add up to the batch's.
+        loss_reduction: how the task loss combines the samples of a batch (``chunk`` only).
 
     The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place, for primitive-op twins with
     the same parameters and state_dict (:mod:`fam_skull.fam.norms`): the fused kernels' third-order derivatives
@@ -72,9 +82,13 @@ class FAMRegularizer:
         warmup_steps: int = 0,
         seed: int = 0,
         objective: Objective = DEFAULT_OBJECTIVE,
+        chunk: int | None = None,
+        loss_reduction: Reduction = "mean",
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if chunk is not None:
+            _check_chunkable(model, chunk, objective, loss_reduction)
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         if every < 1 or probes < 1 or warmup_steps < 0:
@@ -88,6 +102,8 @@ class FAMRegularizer:
         self.every = every
         self.scale_lambda = scale_lambda
         self.warmup_steps = warmup_steps
+        self.chunk = chunk
+        self.loss_reduction = loss_reduction
         self.step = 0
         self.generator = torch.Generator(device=self.ref.weight.device).manual_seed(seed)
         self._norm_outputs: dict[str, list[torch.Tensor]] = {}
@@ -135,8 +151,12 @@ class FAMRegularizer:
         self.step += 1
         if not active:
             return FAMOutput(task_loss, task_loss, None)
-        kappa = flatness_of_loss(
-            task_loss,
+        kappa = self._flatness(task_loss, outputs)
+        return FAMOutput(task_loss + self.step_lambda * kappa, task_loss, kappa)
+
+    def _flatness(self, loss: torch.Tensor, outputs: torch.Tensor | None) -> torch.Tensor:
+        return flatness_of_loss(
+            loss,
             self.ref,
             estimator=self.estimator,
             probes=self.probes,
@@ -144,12 +164,66 @@ class FAMRegularizer:
             objective=self.objective,
             outputs=outputs,
         )
-        return FAMOutput(task_loss + self.step_lambda * kappa, task_loss, kappa)
+
+    def chunked(self, batch: int) -> bool:
+        """Whether the next step on a batch of ``batch`` samples runs in chunks (:meth:`chunked_step`)."""
+        return self.chunk is not None and batch > self.chunk and self.active
+
+    def chunked_step(
+        self,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    ) -> FAMOutput:
+        """An active step in passes of ``chunk`` samples (see the class): each pass's ``lambda * kappa`` share is
+        backwarded at once (through ``backward``, e.g. a GradScaler's), then the training forward runs. The
+        returned ``loss`` (task loss + lambda * kappa, the latter a constant) is to ``backward()`` as usual: the FAM
+        gradient is already in ``.grad`` (under DDP the passes run in ``no_sync``; the final backward averages all).
+
+        Raises:
+            ValueError: the passes' losses do not add up to the batch's (the message says what it needs).
+        """
+        if not self.chunked(inputs.shape[0]):
+            raise ValueError(f"chunked_step: this step is not chunked (chunk {self.chunk}, batch {inputs.shape[0]}, active {self.active})")
+        assert self.chunk is not None  # chunked() says so
+        batch, state = inputs.shape[0], self.generator.get_state()
+        ddp = self.model if isinstance(self.model, nn.parallel.DistributedDataParallel) else None
+        kappa = combined = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+        for start in range(0, batch, self.chunk):
+            x, t = inputs[start : start + self.chunk], targets[start : start + self.chunk]
+            # a per-sample mean weighs each pass by its share of the batch; kappa_F is a mean over samples either way
+            share = len(x) / batch if self.loss_reduction == "mean" else 1.0
+            self.generator.set_state(state)  # the same probe in every pass, so the passes add up to the batch's
+            with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
+                outputs = self.model(x)
+                if self._hooks:
+                    self._fuse_upstream()
+                loss = loss_fn(outputs, t)
+                term = self._flatness(loss, outputs) * (len(x) / batch if self.objective == "fisher" else share)
+                backward(self.step_lambda * term)
+            kappa = kappa + term.detach()
+            combined = combined + share * loss.detach()
+        self.step += 1
+        outputs = self.model(inputs)
+        task_loss = loss_fn(outputs, targets)
+        whole = task_loss.detach()
+        if not torch.isclose(combined, whole, rtol=1e-4, atol=1e-7):
+            raise ValueError(
+                f"chunked FAM (chunk={self.chunk}): the batch's loss {float(whole):.6g} is not the {self.loss_reduction} of its "
+                f"chunks' losses ({float(combined):.6g}); it needs a per-sample loss (loss_reduction) and no layer that couples "
+                "the samples (BatchNorm in training mode, dropout); use chunk=None (fam.chunk: null)"
+            )
+        # the FAM part is a constant here (its gradient is in .grad already); the value reads as an unchunked step's
+        return FAMOutput(task_loss + self.step_lambda * kappa, task_loss, kappa, outputs)
 
     def __call__(
         self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
     ) -> FAMOutput:
-        """Forward ``inputs``, compute ``loss_fn(outputs, targets)`` and regularize it."""
+        """Forward ``inputs``, compute ``loss_fn(outputs, targets)`` and regularize it (in chunks when ``chunk``
+        is set and the batch is larger)."""
+        if self.chunked(inputs.shape[0]):
+            return self.chunked_step(loss_fn, inputs, targets)
         outputs = self.model(inputs)
         out = self.regularize(loss_fn(outputs, targets), outputs)
         out.outputs = outputs
@@ -185,3 +259,18 @@ class FAMRegularizer:
         self.generator.set_state(state["generator"])
         if state.get("fused") is not None:
             self._fuse(list(state["fused"]))
+
+
+def _check_chunkable(model: nn.Module, chunk: int, objective: str, loss_reduction: str) -> None:
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 (samples per FAM pass) or None, got {chunk}")
+    if objective not in ("kappa", "fisher"):
+        raise ValueError(f"chunk works with the kappa and fisher objectives, not {objective!r}; use chunk=None")
+    if loss_reduction not in ("mean", "sum"):
+        raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+    for name, m in unwrap(model).named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
+            raise ValueError(
+                f"chunk: {name} ({type(m).__name__}) couples the samples of a batch, so FAM passes over chunks would not add "
+                "up to the batch's; use chunk=None"
+            )
