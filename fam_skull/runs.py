@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -182,25 +182,49 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
+def _unused_sections(config: Config) -> tuple[str, ...]:
+    """Key prefixes a run of this method and stage never reads (a baseline run's ``fam.*``, a refinement run's
+    ``augment.*``): a change there is no change to the run."""
+    unused = [f"{method}." for method in ("fam", "sam") if config.method != method]
+    unused.append("augment." if config.stage == "refine" else "refine.")
+    return tuple(unused)
+
+
 def resolve(config: Config | str | Path | None, overrides: Sequence[str] = (), resume: str | Path | None = None) -> tuple[Config, Path]:
     """The validated config and run folder of a new or resumed run.
 
+    On resume the run's own config.yaml is the start; ``config`` (an object or a YAML path), when given, and the
+    overrides may change the :data:`RESUMABLE` keys of it (the run folder stays the one resumed).
+
     Raises:
-        ConfigError: on resume, an override of a key outside :data:`RESUMABLE`.
+        ConfigError: on resume, a change of a key outside :data:`RESUMABLE`.
     """
     if resume is not None:
         run = Path(resume)
-        if not RunFolder(run).config.is_file():
-            raise ConfigError(f"--resume {run}: no config.yaml there; is it a fam-skull run folder?")
         config_file = RunFolder(run).config
-        before, after = _flat(load_config(config_file).to_dict()), _flat(load_config(config_file, overrides).to_dict())
-        fixed = [f"{k} ({before[k]!r} -> {after[k]!r})" for k in after if after[k] != before[k] and k not in RESUMABLE]
+        if not config_file.is_file():
+            raise ConfigError(f"--resume {run}: no config.yaml there; is it a fam-skull run folder?")
+        saved = load_config(config_file)
+        if config is None:
+            wanted = load_config(config_file, overrides)
+        elif isinstance(config, Config):
+            wanted = load_config(base=config.to_dict(), overrides=overrides)
+        else:
+            wanted = load_config(config, overrides)
+        wanted = replace(wanted, output=saved.output)
+        before, after = _flat(saved.to_dict()), _flat(wanted.to_dict())
+        unused = _unused_sections(saved)
+        fixed = [
+            f"{k} ({before[k]!r} -> {after[k]!r})"
+            for k in after
+            if after[k] != before[k] and k not in RESUMABLE and not k.startswith(unused)
+        ]
         if fixed:
             raise ConfigError(
                 f"--resume {run}: {', '.join(fixed)} cannot change on resume (the checkpoint was trained "
                 f"with the old value); start a new run instead. These may change: {', '.join(RESUMABLE)}"
             )
-        return load_config(config_file, overrides), run
+        return wanted, run
     if isinstance(config, Config):
         return config, Path(config.output)
     cfg = load_config(config, overrides)

@@ -1,5 +1,6 @@
 """``fam-skull sweep``: several training arms over seeds; each run trained, predicted and evaluated; one table
-in the paper's layout with mean +- std over seeds. Reruns skip finished runs, resume interrupted ones, and
+in the paper's layout with mean +- std over seeds. Reruns skip finished runs, resume unfinished ones with the sweep's
+config (a longer ``train.epochs`` extends them), refuse a run trained with other settings (naming the key), and
 reuse finished predictions and per-case metrics.
 
 Config: a ``sweep`` section (below) and a ``run`` section, a training config shared by every run. The arms are
@@ -31,7 +32,7 @@ from fam_skull.fam.regularizer import DEFAULT_LAMBDA
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.predict import PredictOptions, predict
 from fam_skull.report import QUALITY, paper_table
-from fam_skull.runs import RunFolder, method_label, slug
+from fam_skull.runs import RunFolder, method_label, resolve, slug
 from fam_skull.study import StudyRun, write_study
 from fam_skull.train import train
 
@@ -122,12 +123,13 @@ def _train_or_resume(cfg, run_dir: Path, quiet: bool) -> None:
     if not last.is_file():
         train(cfg, quiet=quiet)
         return
+    resolve(cfg, resume=run_dir)  # a run trained with other settings than the sweep's is refused, finished or not
     done = load_checkpoint(last)["epoch"]
     if done >= cfg.train.epochs:
         log.info("%s: finished (%d epochs), skipped", run_dir.name, done)
         return
     log.info("%s: resuming after epoch %d", run_dir.name, done)
-    train(resume=run_dir, overrides=[f"train.epochs={cfg.train.epochs}"], quiet=quiet)
+    train(cfg, resume=run_dir, quiet=quiet)  # the sweep's config: its resumable keys (epochs, lr, ...) apply
 
 
 @dataclass

@@ -90,7 +90,7 @@ def test_missing_sweep_file_is_named(tmp_path):
         load_sweep(tmp_path / "none.yaml")
 
 
-def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest):
+def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest, capsys):
     cfg = {
         "sweep": {"output": str(tmp_path / "sweep"), "lams": [0.001, 0.01], "seeds": [0, 1], "baseline": False, "min_component_mm3": 0},
         "run": {"data": {"manifest": str(manifest), "batch_size": 2}, "model": TINY_UNET, "train": {"epochs": 1, "threads": 1}},
@@ -120,3 +120,9 @@ def test_sweep_two_lambdas_two_seeds_gives_mean_and_std(tmp_path, manifest):
     assert len(metrics) == 3 and metrics[1] == first_epoch
     log = RunFolder(tmp_path / "sweep" / "runs" / "fam_0.01_s1").log.read_text()
     assert "epochs 2-2" in log and "epochs 1-1" in log  # the first session's epoch was kept, not trained again
+    # a setting the runs were not trained with is refused, naming the key, whether a run is finished or not
+    assert main(["sweep", str(path), "run.optim.name=sgd", "--quiet"]) == 2
+    assert "optim.name ('adam' -> 'sgd') cannot change on resume" in capsys.readouterr().err
+    assert main(["sweep", str(path), "run.train.epochs=3", "run.optim.name=sgd", "--quiet"]) == 2
+    assert "optim.name ('adam' -> 'sgd') cannot change on resume" in capsys.readouterr().err
+    assert load_checkpoint(last)["epoch"] == 2
