@@ -90,19 +90,45 @@ def paired_differences(runs: list[StudyRun], reference: str, sets: Sequence[str]
     return rows
 
 
+def _cache_key(folder: Path, max_cases: int, probes: int) -> dict:
+    """What a cached flatness value was measured on: the weights (``best.pt``, else ``last.pt``, as measure_flatness
+    reads them) by path, size and modification time, and the number of cases and probes."""
+    run = RunFolder(folder)
+    checkpoint = run.checkpoint("best") if run.checkpoint("best").is_file() else run.checkpoint("last")
+    stat = checkpoint.stat()
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "cases": max_cases,
+        "probes": probes,
+    }
+
+
+def _cached(path: Path, key: dict) -> float | None:
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: measured again
+        return None
+    return float(cached["kappa"]) if isinstance(cached, dict) and cached.get("key") == key else None
+
+
 def flatness_on_sets(runs: list[StudyRun], manifest: Path, sets: Sequence[str], max_cases: int, probes: int) -> list[dict]:
-    """kappa and kappa_F of each run's FAM layer (the bottleneck) on each evaluation set, cached in the run folder."""
+    """kappa and kappa_F of each run's FAM layer (the bottleneck) on each evaluation set, cached in the run folder
+    and measured again when the run's weights (or the number of cases or probes) changed."""
     rows = []
     for r in runs:
+        key = _cache_key(r.folder, max_cases, probes)
         for s in sets:
             for objective in ("kappa", "fisher"):
                 path = r.folder / f"flatness_{s}_{objective}.json"
-                if path.is_file():
-                    value = json.loads(path.read_text())["kappa"]
-                else:
-                    value = measure_flatness(
-                        r.folder, manifest, roles=(s,), probes=probes, max_cases=max_cases, output=path, quiet=True, objective=objective
-                    ).kappa
+                value = _cached(path, key)
+                if value is None:
+                    report = measure_flatness(
+                        r.folder, manifest, roles=(s,), probes=probes, max_cases=max_cases, quiet=True, objective=objective
+                    )
+                    atomic_write_text(path, json.dumps({"key": key, **report.to_dict()}, indent=1))
+                    value = report.kappa
                 rows.append({"arm": r.arm, "seed": r.seed, "set": s, "objective": objective, "value": value})
     return rows
 

@@ -1,12 +1,10 @@
-"""End to end: the demo pipeline at a tiny size and the flatness command (the sweep: test_sweep.py)."""
+"""End to end: the demo pipeline at a tiny size and the flatness command (the sweep and the study have files of their own)."""
 
 import csv
 import json
 import re
 
 import pytest
-import yaml
-from helpers import TINY_UNET
 
 from fam_skull.cli import main
 
@@ -67,53 +65,3 @@ def test_flatness_command(tmp_path, manifest, trained_run, capsys):
             model, "bottleneck", build_loss(config), volume("defective"), volume("implant"), probes=2, generator=generator
         )
         assert result["per_case"][case["id"]] == pytest.approx(float(kappa.detach()), rel=1e-6, abs=1e-12), case["id"]
-
-
-def test_study_of_two_arms_over_two_seeds(tmp_path, manifest):
-    """The study machinery at CI size: its paired differences and per-case test, recomputed from per_case.csv."""
-    import numpy as np
-    from scipy import stats
-
-    arms = [
-        {"name": "reference", "set": {"method": "baseline"}},
-        {"name": "fisher", "set": {"method": "fam", "fam.objective": "fisher", "fam.lam": 1.0}},
-    ]
-    cfg = {
-        "sweep": {
-            "output": str(tmp_path / "study"),
-            "seeds": [0, 1],
-            "arms": arms,
-            "study": True,
-            "study_flatness_cases": 3,
-            "min_component_mm3": 0,
-        },
-        "run": {"data": {"manifest": str(manifest), "batch_size": 2}, "model": TINY_UNET, "train": {"epochs": 2, "threads": 1}},
-    }
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["sweep", str(path), "--quiet"]) == 0
-    report = tmp_path / "study" / "report"
-    dsc = {}  # (arm, seed, set) -> {case: implant DSC}
-    for row in csv.DictReader((report / "per_case.csv").read_text().splitlines()):
-        if row["target"] == "implant":
-            arm, seed = row["method"].rsplit(", seed ", 1)
-            dsc.setdefault((arm, int(seed), row["set"]), {})[row["case"]] = float(row["dsc"])
-    rows = {(r["arm"], r["set"], r["metric"]): r for r in csv.DictReader((report / "study_differences.csv").read_text().splitlines())}
-    assert len(rows) == 4  # one arm against the reference, two sets, two metrics
-    for s in ("eval1", "eval2"):
-        diffs = [np.mean(list(dsc[("fisher", k, s)].values())) - np.mean(list(dsc[("reference", k, s)].values())) for k in (0, 1)]
-        r = rows[("fisher", s, "dsc")]
-        assert float(r["difference"]) == pytest.approx(np.mean(diffs), abs=1e-12)
-        half = 12.706 * np.std(diffs, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
-        assert float(r["ci_high"]) - float(r["ci_low"]) == pytest.approx(2 * half, rel=1e-3)
-        cases = sorted(dsc[("fisher", 0, s)])
-        a = [np.mean([dsc[("fisher", k, s)][c] for k in (0, 1)]) for c in cases]
-        b = [np.mean([dsc[("reference", k, s)][c] for k in (0, 1)]) for c in cases]
-        if len(cases) > 1 and a != b:  # one case cannot be tested: recorded as n/a
-            assert float(r["wilcoxon_p"]) == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-9)
-    flat = list(csv.DictReader((report / "study_flatness.csv").read_text().splitlines()))
-    assert len(flat) == 2 * 2 * 2 * 2  # arms x seeds x sets x (kappa, kappa_F)
-    assert all(float(f["value"]) >= 0 for f in flat if f["objective"] == "fisher")
-    for name in ("study_forest.png", "study_curves.png", "study.md"):
-        assert (report / name).is_file()
-    assert "| fisher | eval1 | dsc |" in (report / "report.md").read_text()
