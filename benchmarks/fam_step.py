@@ -43,9 +43,10 @@ def _stepper(variant: str, device):
     model = _model().to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
-    if variant.startswith("fam"):  # fam:OBJECTIVE/EVERY[/cCHUNK]
-        objective, every, *chunk = variant.split(":")[1].split("/")
-        reg = FAMRegularizer(model, lam=LAM, every=int(every), objective=objective, chunk=int(chunk[0][1:]) if chunk else None)
+    if variant.startswith("fam"):  # fam:OBJECTIVE/EVERY[/cCHUNK][/t (conv twins)]
+        objective, every, *options = variant.split(":")[1].split("/")
+        chunk = next((int(o[1:]) for o in options if o.startswith("c")), None)
+        reg = FAMRegularizer(model, lam=LAM, every=int(every), objective=objective, chunk=chunk, conv_twins="t" in options)
         return Stepper(model, loss_fn, opt, "fam", regularizer=reg)
     return Stepper(model, loss_fn, opt, variant, sam_rho=0.05)
 
@@ -85,9 +86,11 @@ def main() -> None:
         ("FAM kappa, every 5 steps", "fam:kappa/5", args.steps),
         ("FAM kappa, every 10 steps", "fam:kappa/10", args.steps),
         ("FAM kappa, every step, in passes of 1 sample (fam.chunk 1)", "fam:kappa/1/c1", args.steps),
+        ("FAM kappa, every step, convolution twins (fam.conv_twins)", "fam:kappa/1/t", args.steps),
         ("FAM fisher, 1 probe, every step", "fam:fisher/1", args.steps),
         ("FAM fisher, every 5 steps", "fam:fisher/5", args.steps),
         ("FAM fisher, every step, in passes of 1 sample (fam.chunk 1)", "fam:fisher/1/c1", args.steps),
+        ("FAM fisher, every step, convolution twins (fam.conv_twins)", "fam:fisher/1/t", args.steps),
         ("published ||W||_F * Tr(H), every step (probes until the mean settles, <= 200)", "fam:published/1", max(2, args.steps // 10)),
         ("published, every 5 steps", "fam:published/5", args.steps),
         ("L2 on the bottleneck (control)", "fam:l2/1", args.steps),

@@ -88,6 +88,7 @@ class FAMConfig:
     every: int = 1
     scale_lambda: bool = True
     warmup_steps: int = 0
+    conv_twins: bool = False  # convolutions after the FAM layer differentiated on their own kernels (for cuDNN; same values)
     chunk: int | None = None  # samples per FAM pass (null: the batch); fewer: less memory, one more forward per chunk, same gradient
 
 

@@ -169,6 +169,7 @@ RESUMABLE = (
     "optim.weight_decay",
     "fam.lam",
     "fam.chunk",
+    "fam.conv_twins",
     "fam.every",
     "fam.probes",
     "sam.rho",

@@ -179,6 +179,7 @@ class Trainer:
                     objective=f.objective,
                     chunk=f.chunk,
                     loss_reduction=cfg.loss.reduction,
+                    conv_twins=f.conv_twins,
                 )
             except ValueError as e:  # e.g. fam.chunk with a BatchNorm model
                 raise ConfigError(f"fam: {e}") from None

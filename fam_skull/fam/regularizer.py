@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from fam_skull.fam.convs import decompose_convs, restore_convs
 from fam_skull.fam.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
 from fam_skull.fam.norms import decompose_norms, independent_of, restore_modules
 
@@ -62,6 +63,9 @@ class FAMRegularizer:
             Dice+CE and Dice+focal losses are) and no layer that couples the samples of a batch (BatchNorm in
             training mode, dropout); every chunked step checks that the passes' losses add up to the batch's.
         loss_reduction: how the task loss combines the samples of a batch (``chunk`` only).
+        conv_twins: compute the convolutions downstream of the FAM layer with twins whose derivatives of every
+            order are convolutions of the layer's own geometry (:mod:`fam_skull.fam.convs`): PyTorch's higher-order
+            formula uses whole activation maps as kernels, which cuDNN runs slowly. Same values and gradients.
 
     The model's fused InstanceNorm/BatchNorm/LayerNorm layers are swapped, in place, for primitive-op twins with
     the same parameters and state_dict (:mod:`fam_skull.fam.norms`): the fused kernels' third-order derivatives
@@ -84,6 +88,7 @@ class FAMRegularizer:
         objective: Objective = DEFAULT_OBJECTIVE,
         chunk: int | None = None,
         loss_reduction: Reduction = "mean",
+        conv_twins: bool = False,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -106,11 +111,11 @@ class FAMRegularizer:
         self.loss_reduction = loss_reduction
         self.step = 0
         self.generator = torch.Generator(device=self.ref.weight.device).manual_seed(seed)
+        self.conv_twins = conv_twins
         self._norm_outputs: dict[str, list[torch.Tensor]] = {}
-        self._fused: list[str] | None = None  # the norms given their fused kernels back, once known
-        self._hooks = [
-            unwrap(model).get_submodule(name).register_forward_hook(self._recorder(name)) for name in decompose_norms(unwrap(model))
-        ]
+        self._fused: list[str] | None = None  # the twins given their stock kernels back, once known
+        twins = decompose_norms(unwrap(model)) + (decompose_convs(unwrap(model)) if conv_twins else [])
+        self._hooks = [unwrap(model).get_submodule(name).register_forward_hook(self._recorder(name)) for name in twins]
 
     def _recorder(self, name: str):
         def record(module, args, output) -> None:
@@ -119,7 +124,7 @@ class FAMRegularizer:
         return record
 
     def _fuse_upstream(self) -> None:
-        """Once a forward with a graph was recorded: fused kernels back on the norms upstream of the FAM layer."""
+        """Once a forward with a graph was recorded: stock kernels back on the twins upstream of the FAM layer."""
         recorded, self._norm_outputs = self._norm_outputs, {}
         if not recorded or any(t.grad_fn is None for tensors in recorded.values() for t in tensors):
             return  # no graph (no_grad, frozen input): look again at the next forward
@@ -127,6 +132,7 @@ class FAMRegularizer:
 
     def _fuse(self, names: list[str]) -> None:
         restore_modules(unwrap(self.model), names)
+        restore_convs(unwrap(self.model), names)
         for hook in self._hooks:
             hook.remove()
         self._hooks, self._fused = [], list(names)
