@@ -83,6 +83,7 @@ def main() -> None:
     rows = [
         ("baseline", "baseline", args.steps),
         ("FAM kappa, 1 probe, every step", "fam:kappa/1", args.steps),
+        ("FAM kappa, every 2 steps", "fam:kappa/2", args.steps),
         ("FAM kappa, every 5 steps", "fam:kappa/5", args.steps),
         ("FAM kappa, every 10 steps", "fam:kappa/10", args.steps),
         ("FAM kappa, every step, in passes of 1 sample (fam.chunk 1)", "fam:kappa/1/c1", args.steps),
