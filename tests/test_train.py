@@ -102,6 +102,26 @@ def test_torchrun_two_processes_match_one(tmp_path, manifest):
         torch.testing.assert_close(ddp["model"][key], value, rtol=1e-4, atol=1e-5)
 
 
+def test_memory_and_kernel_options_train_the_same_weights(tmp_path, manifest, capsys):
+    # fam.chunk (passes of one sample) and fam.conv_twins change how the FAM gradient is computed, not what it is;
+    # SGD as above, so float32 rounding stays rounding
+    path, _ = config_file(tmp_path, manifest, "fam", optim={"name": "sgd", "lr": 0.05}, fam={"objective": "kappa"})
+    assert main(["train", str(path), f"output={tmp_path / 'plain'}", "--quiet"]) == 0
+    assert main(["train", str(path), f"output={tmp_path / 'options'}", "fam.chunk=1", "fam.conv_twins=true", "--quiet"]) == 0
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")
+    options = load_checkpoint(tmp_path / "options" / "checkpoints" / "last.pt")
+    assert [h["kappa"] for h in options["history"]] == pytest.approx([h["kappa"] for h in plain["history"]], rel=1e-4)
+    moved = False
+    for key, value in plain["model"].items():
+        torch.testing.assert_close(options["model"][key], value, rtol=1e-4, atol=1e-5)
+        moved |= not torch.equal(value, load_checkpoint(tmp_path / "plain" / "checkpoints" / "epoch_0001.pt")["model"][key])
+    assert moved
+    # a model whose batch norm couples the samples cannot be split into passes: refused before training
+    assert main(["train", str(path), f"output={tmp_path / 'bn'}", "fam.chunk=1", "model.norm=batch", "--quiet"]) == 2
+    assert "(BatchNorm3d) couples the samples of a batch" in capsys.readouterr().err
+    assert not (tmp_path / "bn" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
