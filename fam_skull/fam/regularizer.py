@@ -112,20 +112,20 @@ class FAMRegularizer:
         self.step = 0
         self.generator = torch.Generator(device=self.ref.weight.device).manual_seed(seed)
         self.conv_twins = conv_twins
-        self._norm_outputs: dict[str, list[torch.Tensor]] = {}
+        self._twin_outputs: dict[str, list[torch.Tensor]] = {}
         self._fused: list[str] | None = None  # the twins given their stock kernels back, once known
         twins = decompose_norms(unwrap(model)) + (decompose_convs(unwrap(model)) if conv_twins else [])
         self._hooks = [unwrap(model).get_submodule(name).register_forward_hook(self._recorder(name)) for name in twins]
 
     def _recorder(self, name: str):
         def record(module, args, output) -> None:
-            self._norm_outputs.setdefault(name, []).append(output)
+            self._twin_outputs.setdefault(name, []).append(output)
 
         return record
 
     def _fuse_upstream(self) -> None:
         """Once a forward with a graph was recorded: stock kernels back on the twins upstream of the FAM layer."""
-        recorded, self._norm_outputs = self._norm_outputs, {}
+        recorded, self._twin_outputs = self._twin_outputs, {}
         if not recorded or any(t.grad_fn is None for tensors in recorded.values() for t in tensors):
             return  # no graph (no_grad, frozen input): look again at the next forward
         self._fuse(independent_of(recorded, self.ref.weight))
