@@ -6,7 +6,8 @@ dilated by the layer's stride). On the CPU that costs little; cuDNN has no fast 
 step on an H200 took 70x a baseline step, see the README). The twins here compute the same function, and every
 derivative of it, from three kernels with the layer's own geometry: the forward convolution, its input gradient
 (backward-data) and its weight gradient (backward-filter). The three are bilinear, and the derivative of each is
-again one of them, so the set is closed under differentiation and exact at every order.
+again one of them, so the set is closed under differentiation and exact at every order. Where a derivative needs
+both gradients of a layer, one backward call computes them, as PyTorch's own first-order backward does.
 
 Like the normalization twins (:mod:`fam_skull.fam.norms`), the classes are subclasses swapped in place: the
 parameters, buffers and state_dict keys stay the same.
@@ -62,9 +63,38 @@ class _Conv(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         x, w = ctx.saved_tensors
         g = ctx.geometry
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:  # one backward call for both, as PyTorch's own
+            dx, dw = _BothGrads.apply(grad, x, w, g)
+            return dx, dw, None
         dx = _InputGrad.apply(grad, w, x.shape, g) if ctx.needs_input_grad[0] else None
         dw = _WeightGrad.apply(x, grad, w.shape, g) if ctx.needs_input_grad[1] else None
         return dx, dw, None
+
+
+class _BothGrads(torch.autograd.Function):
+    """(_InputGrad(y', W), _WeightGrad(x, y')) from one backward call."""
+
+    @staticmethod
+    def forward(ctx: Any, grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, g: _Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(grad, x, w)
+        ctx.geometry = g
+        ctx.set_materialize_grads(False)
+        dx, dw, _ = _aten.convolution_backward(grad, x, w, None, *g.args, [True, True, False])
+        return dx, dw
+
+    @staticmethod
+    def backward(ctx: Any, hx: torch.Tensor | None, hw: torch.Tensor | None) -> tuple:
+        grad, x, w = ctx.saved_tensors
+        g = ctx.geometry
+        dgrad = dx = dw = None
+        if ctx.needs_input_grad[0]:
+            parts = ([_Conv.apply(hx, w, g)] if hx is not None else []) + ([_Conv.apply(x, hw, g)] if hw is not None else [])
+            dgrad = sum(parts[1:], parts[0]) if parts else None
+        if ctx.needs_input_grad[1] and hw is not None:
+            dx = _InputGrad.apply(grad, hw, x.shape, g)
+        if ctx.needs_input_grad[2] and hx is not None:
+            dw = _WeightGrad.apply(hx, grad, w.shape, g)
+        return dgrad, dx, dw, None
 
 
 class _InputGrad(torch.autograd.Function):
