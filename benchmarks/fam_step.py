@@ -77,7 +77,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--shape", default="64,64,32", help="input volume x,y,z")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--only", default="", help="comma list of variants to run (e.g. baseline,fam:kappa/1,fam:fisher/1)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma list of variants to run: baseline, sam, fam:OBJECTIVE/EVERY[/cCHUNK][/t] "
+        "(t: convolution twins), e.g. baseline,fam:kappa/1,fam:kappa/1/c1,fam:fisher/1/t",
+    )
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     rows = [

@@ -12,7 +12,7 @@ from helpers import TINY_UNET
 
 from fam_skull.checkpoint import load_checkpoint
 from fam_skull.cli import main
-from fam_skull.config import ConfigError
+from fam_skull.config import Config, ConfigError
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.runs import RunFolder
@@ -21,7 +21,7 @@ from fam_skull.sweep import _runs, load_sweep
 RUN = {"data": {"manifest": "data/manifest.json"}, "train": {"epochs": 3}}
 
 
-def _plan(sweep: dict, run: dict = RUN) -> list[tuple[str, str, int, dict]]:
+def _plan(sweep: dict, run: dict = RUN) -> list[tuple[str, str, int, Config]]:
     config, section = load_sweep(values={"sweep": {"output": "out", **sweep}, "run": run})
     return [(folder, label, seed, cfg) for folder, label, seed, cfg in _runs(config, section)]
 

@@ -87,9 +87,12 @@ class _BothGrads(torch.autograd.Function):
         grad, x, w = ctx.saved_tensors
         g = ctx.geometry
         dgrad = dx = dw = None
-        if ctx.needs_input_grad[0]:
-            parts = ([_Conv.apply(hx, w, g)] if hx is not None else []) + ([_Conv.apply(x, hw, g)] if hw is not None else [])
-            dgrad = sum(parts[1:], parts[0]) if parts else None
+        if ctx.needs_input_grad[0]:  # both outputs are linear in y': their terms add
+            if hx is not None:
+                dgrad = _Conv.apply(hx, w, g)
+            if hw is not None:
+                term = _Conv.apply(x, hw, g)
+                dgrad = term if dgrad is None else dgrad + term
         if ctx.needs_input_grad[1] and hw is not None:
             dx = _InputGrad.apply(grad, hw, x.shape, g)
         if ctx.needs_input_grad[2] and hx is not None:
