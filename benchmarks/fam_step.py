@@ -23,7 +23,7 @@ from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
 from fam_skull.fam.regularizer import FAMRegularizer
-from fam_skull.step import Stepper
+from fam_skull.train.step import Stepper
 
 LAM = 1e-3
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_prep.box import bounding_box
+
 DEFECT_TYPES = ("sphere", "cube", "facial", "bilateral", "frontoorbital", "parietotemporal", "random")
 MIN_REMOVED, MAX_REMOVED = 0.005, 0.30
 
@@ -38,14 +40,10 @@ class _Frame:
 
     def __init__(self, mask: np.ndarray, spacing) -> None:
         self.mask, self.spacing = mask, np.asarray(spacing, float)
-        lo, hi = [], []
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            idx = np.flatnonzero(mask.any(axis=other))
-            lo.append(idx[0])
-            hi.append(idx[-1])
-        self.lo = np.array(lo) * self.spacing
-        self.hi = np.array(hi) * self.spacing
+        box = bounding_box(mask)
+        assert box is not None  # make_defect refuses an empty skull before framing it
+        self.lo = np.array([s.start for s in box]) * self.spacing
+        self.hi = np.array([s.stop - 1 for s in box]) * self.spacing
         self.size = self.hi - self.lo
         self.centre = (self.lo + self.hi) / 2
 
@@ -143,6 +141,8 @@ def make_defect(complete: np.ndarray, spacing: Sequence[float] | np.ndarray, kin
     """
     if kind not in DEFECT_TYPES:
         raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
+    if not complete.any():
+        raise DefectError("the skull mask is empty: there is no bone to cut a defect from")
     frame = _Frame(complete, spacing)
     rng = np.random.default_rng(seed)
     total = int(complete.sum())

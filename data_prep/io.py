@@ -55,6 +55,23 @@ class Geometry:
     def to_dict(self) -> dict:
         return {k: list(v) for k, v in asdict(self).items()}
 
+    def mismatch(self, reference: Geometry) -> str | None:
+        """How this grid differs from ``reference``'s, or None: sizes equal, spacings within 1e-4 relative,
+        origins within 1% of a voxel, directions within 1e-4."""
+        if self.shape != reference.shape or not np.allclose(self.spacing, reference.spacing, rtol=1e-4):
+            return (
+                f"size/spacing {self.shape} / {tuple(round(v, 4) for v in self.spacing)} differ from "
+                f"{reference.shape} / {tuple(round(v, 4) for v in reference.spacing)}"
+            )
+        offset = float(np.linalg.norm(np.subtract(self.origin, reference.origin)))
+        if offset > 0.01 * min(reference.spacing):
+            return (
+                f"origin {tuple(round(v, 3) for v in self.origin)} is {offset:.3g} mm from {tuple(round(v, 3) for v in reference.origin)}"
+            )
+        if not np.allclose(self.direction, reference.direction, atol=1e-4):
+            return f"direction {tuple(round(v, 4) for v in self.direction)} differs from {tuple(round(v, 4) for v in reference.direction)}"
+        return None
+
     def apply(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
@@ -214,3 +231,13 @@ def read_json(path: str | os.PathLike) -> Any:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` for text (UTF-8)."""
     atomic_write_bytes(path, text.encode())
+
+
+def file_stamp(path: str | os.PathLike) -> list:
+    """What a cached result computed from ``path`` depends on: its resolved path, and its size and modification
+    time when it exists (predictions, per-case scores and flatness values are recomputed when it changes)."""
+    path = Path(path)
+    if not path.is_file():
+        return [str(path.resolve())]
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]

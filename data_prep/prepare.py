@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 import zlib
@@ -20,7 +19,7 @@ from data_prep.io import Geometry, VolumeError, atomic_write_text, float3, from_
 from data_prep.manifest import FORMAT, KINDS, ROLES, Manifest
 from data_prep.phantom import synthetic_skull
 from data_prep.preprocess import BONE_HU, Layout, binarize, largest_component
-from data_prep.progress import progress
+from data_prep.progress import run_jobs
 from data_prep.sources import Skip, SourceCase, discover
 
 log = logging.getLogger("fam_skull.prepare")
@@ -187,20 +186,9 @@ def assign_roles(cases: list[SourceCase], opts: PrepareOptions) -> tuple[list[So
 
 def _read_mask(path: Path, layout: Layout, opts: PrepareOptions, largest: bool) -> np.ndarray:
     image = read_image(path)
-    ref = layout.original
-    if tuple(image.GetSize()) != ref.shape or not np.allclose(image.GetSpacing(), ref.spacing, rtol=1e-4):
-        raise VolumeError(
-            f"{path}: size {image.GetSize()} / spacing {tuple(round(s, 4) for s in image.GetSpacing())} disagree with "
-            f"its partner's {ref.shape} / {tuple(round(s, 4) for s in ref.spacing)}; the pair must share one grid"
-        )
-    tolerance = 0.01 * min(ref.spacing)
-    if not np.allclose(image.GetOrigin(), ref.origin, atol=tolerance) or not np.allclose(image.GetDirection(), ref.direction, atol=1e-4):
-        raise VolumeError(
-            f"{path}: origin/direction {tuple(round(o, 3) for o in image.GetOrigin())} / "
-            f"{tuple(round(d, 4) for d in image.GetDirection())} "
-            f"differ from its partner's {tuple(round(o, 3) for o in ref.origin)} / {tuple(round(d, 4) for d in ref.direction)}; "
-            "the pair must share one grid"
-        )
+    mismatch = Geometry.of(image).mismatch(layout.original)
+    if mismatch:
+        raise VolumeError(f"{path}: {mismatch}, its partner's; the pair must share one grid")
     mask = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path))
     return largest_component(mask) if largest else mask
 
@@ -357,19 +345,13 @@ def _prepare(opts: PrepareOptions) -> PrepareResult:
     for case in todo:
         groups.setdefault(_source_key(case), []).append(case)
     jobs = [(g, opts) for g in groups.values()]
-    bar = progress(total=len(todo), desc="prepare", unit="case", quiet=opts.quiet or not todo)
-    results: list[tuple[dict | None, Skip | None]] = []
-    if opts.workers > 1 and len(jobs) > 1:
-        # spawn: forked children can deadlock in thread pools (OpenMP, ITK) the parent already started
-        with mp.get_context("spawn").Pool(opts.workers, initializer=_init_worker) as pool:
-            for batch in pool.imap_unordered(_work, jobs):
-                results.extend(batch)
-                bar.update(len(batch))
-    else:
-        for job in jobs:
-            results.extend(_work(job))
-            bar.update(len(job[0]))
-    bar.close()
+    results = [
+        r
+        for batch in run_jobs(
+            _work, jobs, opts.workers, desc="prepare", total=len(todo), count=len, initializer=_init_worker, quiet=opts.quiet
+        )
+        for r in batch
+    ]
     for record, problem in results:
         if problem is not None:
             log.warning("skipped %s: %s", problem.file, problem.reason)

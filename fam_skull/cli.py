@@ -134,7 +134,7 @@ def _run_train(args) -> int:
 
 
 def _predict_parser(p: argparse.ArgumentParser) -> None:
-    from fam_skull.options import PredictOptions
+    from fam_skull.predict.options import PredictOptions
 
     d = PredictOptions(run=Path("."), output=Path("."))
     p.add_argument("--run", type=Path, required=True, help="training run folder")
@@ -167,7 +167,7 @@ def _run_predict(args) -> int:
 
 
 def _evaluate_parser(p: argparse.ArgumentParser) -> None:
-    from fam_skull.options import EvaluateOptions
+    from fam_skull.evaluate.options import EvaluateOptions
 
     d = EvaluateOptions(predictions=[], manifest=Path("."), output=Path("."))
     p.add_argument("predictions", nargs="+", help="prediction folders, optionally label=folder")
@@ -202,7 +202,7 @@ def _sweep_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_sweep(args) -> int:
-    from fam_skull.sweep import load_sweep, sweep
+    from fam_skull.experiments.sweep import load_sweep, sweep
 
     config, run = load_sweep(args.config, args.overrides)
     result = sweep(config, run, quiet=args.quiet)
@@ -218,7 +218,7 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args) -> int:
-    from fam_skull.demo import DEMO_CONFIG, demo
+    from fam_skull.experiments.demo import DEMO_CONFIG, demo
 
     result = demo(args.config or DEMO_CONFIG, args.output, args.overrides, quiet=args.quiet)
     print(result.table)
@@ -240,7 +240,7 @@ def _flatness_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_flatness(args) -> int:
-    from fam_skull.measure import measure_flatness
+    from fam_skull.experiments.flatness import measure_flatness
 
     r = measure_flatness(
         args.run,
@@ -262,15 +262,17 @@ def _run_flatness(args) -> int:
 
 
 def _export_parser(p: argparse.ArgumentParser) -> None:
+    from fam_skull.predict.options import MIN_COMPONENT_MM3
+
     p.add_argument("run", type=Path, help="training run folder")
     p.add_argument("output", type=Path, help="bundle folder to write")
     p.add_argument("--checkpoint", default="best", help="best, last, epoch_NNNN or a .pt path")
-    p.add_argument("--min-component-mm3", type=float, default=100.0, help="implant pieces smaller than this are removed")
+    p.add_argument("--min-component-mm3", type=float, default=MIN_COMPONENT_MM3, help="implant pieces smaller than this are removed")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
 def _run_export(args) -> int:
-    from fam_skull.bundle import export_bundle
+    from fam_skull.predict.export import export_bundle
 
     out = export_bundle(args.run, args.output, args.checkpoint, args.min_component_mm3)
     print(
@@ -308,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(full=[a for a in argv if a in COMMANDS][:1]).parse_args(argv)
     _logging(getattr(args, "quiet", False))
-    from fam_skull.checkpoint import CheckpointError
-    from fam_skull.train import TrainingError
+    from fam_skull.common.checkpoint import CheckpointError
+    from fam_skull.train.guard import TrainingError
 
     try:
         return COMMANDS[args.command][2](args) or 0

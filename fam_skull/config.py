@@ -11,15 +11,15 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from data_prep.defects import DEFECT_TYPES
-from fam_skull.fam.flatness import ESTIMATORS, OBJECTIVES, Estimator, Objective
+from fam_skull.fam.flatness import Estimator, Objective
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE, Reduction
 from fam_skull.fam.sam import DEFAULT_RHO
 
@@ -28,86 +28,111 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
+Method = Literal["baseline", "fam", "sam"]
+Stage = Literal["coarse", "refine"]
+Network = Literal["unet", "autoencoder", "linear_ae"]
+Target = Literal["implant", "complete"]
+LossName = Literal["dice", "dice_ce", "dice_focal"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+Scheduler = Literal["none", "poly", "cosine"]
+
+# A field's value limit, declared with the field: checked by validate() with the key in the message.
+_LIMITS: dict[str, Callable[[Any], bool]] = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+}
+
+
+def _limited(default: Any, limit: str) -> Any:
+    return field(default=default, metadata={"limit": limit})
+
+
 @dataclass
 class DataConfig:
     manifest: str = ""  # the manifest.json written by 'fam-skull prepare' (or its folder)
-    batch_size: int = 2  # global batch; split evenly across torchrun processes
+    batch_size: int = _limited(2, "> 0")  # global batch; split evenly across torchrun processes
     cache: bool = True  # keep decoded volumes in memory (MONAI CacheDataset)
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int = _limited(0, ">= 0")  # DataLoader workers
 
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"  # unet | autoencoder | linear_ae
+    """The network; these are also the defaults of :func:`fam_skull.networks.models.network_spec`."""
+
+    name: Network = "unet"
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: list[int] = field(default_factory=lambda: [2, 2, 2])
-    num_res_units: int = 2
+    num_res_units: int = _limited(2, ">= 0")
     norm: str = "instance"
     act: str = "prelu"
-    dropout: float = 0.0
-    latent_size: int = 32  # linear_ae only
-    target: str = "implant"  # what the network outputs: implant (the missing bone) | complete (the whole skull)
+    dropout: float = _limited(0.0, "in [0, 1]")
+    latent_size: int = _limited(32, ">= 1")  # linear_ae only
+    target: Target = "implant"  # what the network outputs: implant (the missing bone) | complete (the whole skull)
 
 
 @dataclass
 class LossConfig:
-    name: str = "dice_ce"  # dice | dice_ce (Dice + cross-entropy) | dice_focal (Dice + focal)
+    name: LossName = "dice_ce"  # Dice, Dice + cross-entropy, Dice + focal (MONAI's)
     include_background: bool = False  # Dice over the background class too (the published configs: true)
-    weight: float = 1.0  # the FAM paper's skull run used 80
+    weight: float = _limited(1.0, "> 0")  # the FAM paper's skull run used 80
     reduction: Reduction = "mean"  # how the loss combines voxels and samples: mean | sum
 
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation, drawn afresh for every item of every epoch from (train.seed, epoch, item)."""
+    """Training-time augmentation, drawn afresh for every item of every epoch from (train.seed, epoch, item);
+    also the defaults of :func:`fam_skull.train.augment.training_augmentation`."""
 
-    fresh_defect: float = 0.8  # probability that a training item gets a new defect drawn on its complete skull
+    fresh_defect: float = _limited(0.8, "in [0, 1]")  # probability that a training item gets a new defect cut from its complete skull
     defect_types: list[str] = field(default_factory=list)  # empty: the manifest's generated training types
-    flip: float = 0.5  # probability of a left-right flip
-    affine: float = 0.0  # probability of a random rotation and scaling (off: it lowered implant DSC on the demo)
-    rotate_deg: float = 10.0  # rotation range about each axis (+-degrees)
-    scale: float = 0.1  # scaling range (+-fraction)
+    flip: float = _limited(0.5, "in [0, 1]")  # probability of a left-right flip
+    affine: float = _limited(0.0, "in [0, 1]")  # probability of a random rotation and scaling (off: it lowered implant DSC on the demo)
+    rotate_deg: float = _limited(10.0, ">= 0")  # rotation range about each axis (+-degrees)
+    scale: float = _limited(0.1, ">= 0")  # scaling range (+-fraction)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    name: OptimizerName = "adam"
+    lr: float = _limited(1e-4, "> 0")
+    weight_decay: float = _limited(0.0, ">= 0")
     momentum: float = 0.9  # sgd only
-    scheduler: str = "none"  # none | poly (nnU-Net's (1 - epoch/epochs)^0.9) | cosine; stepped per epoch
+    scheduler: Scheduler = "none"  # none | poly (nnU-Net's (1 - epoch/epochs)^0.9) | cosine; stepped per epoch
 
 
 @dataclass
 class FAMConfig:
-    lam: float = DEFAULT_LAMBDA
+    lam: float = _limited(DEFAULT_LAMBDA, ">= 0")
     layer: str = "bottleneck"
     objective: Objective = DEFAULT_OBJECTIVE  # fisher (Gauss-Newton, >= 0) | kappa | published (the authors' ||W|| Tr(H)) | l2 (control)
     estimator: Estimator = "hutchinson"  # hutchinson | exact
-    probes: int = 1
-    every: int = 1
+    probes: int = _limited(1, "> 0")
+    every: int = _limited(1, "> 0")
     scale_lambda: bool = True
-    warmup_steps: int = 0
+    warmup_steps: int = _limited(0, ">= 0")
     conv_twins: bool = False  # convolutions after the FAM layer differentiated on their own kernels (for cuDNN; same values)
-    chunk: int | None = None  # samples per FAM pass (null: the batch); fewer: less memory, one more forward per chunk, same gradient
+    # samples per FAM pass (null: the batch); fewer: less memory, one more forward per chunk, same gradient
+    chunk: int | None = _limited(None, ">= 1")
 
 
 @dataclass
 class SAMConfig:
-    rho: float = DEFAULT_RHO
+    rho: float = _limited(DEFAULT_RHO, "> 0")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
+    epochs: int = _limited(100, ">= 0")
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # CUDA only
-    val_every: int = 1
+    val_every: int = _limited(1, "> 0")
     save_epochs: list[int] = field(default_factory=lambda: [100])
-    max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
-    max_weight: float = 1e6  # a weight beyond this (in absolute value) means training diverged: the run stops
-    threads: int = 0  # CPU threads (0: PyTorch's default)
+    max_nonfinite: int = _limited(5, "> 0")  # consecutive non-finite steps that stop the run
+    max_weight: float = _limited(1e6, "> 0")  # a weight beyond this (in absolute value) means training diverged: the run stops
+    threads: int = _limited(0, ">= 0")  # CPU threads (0: PyTorch's default)
 
 
 @dataclass
@@ -118,13 +143,13 @@ class RefineConfig:
     coarse_run: str = ""  # the finished coarse run folder
     coarse_checkpoint: str = "best"
     patch: list[int] = field(default_factory=lambda: [48, 48, 48])  # training crop and sliding window (voxels)
-    margin_mm: float = 10.0  # the box: the coarse implant's bounding box grown by this margin
+    margin_mm: float = _limited(10.0, ">= 0")  # the box: the coarse implant's bounding box grown by this margin
 
 
 @dataclass
 class Config:
-    method: str = "baseline"  # baseline | fam | sam
-    stage: str = "coarse"  # coarse (the training grid) | refine (the scan's resolution, around the coarse implant)
+    method: Method = "baseline"
+    stage: Stage = "coarse"  # coarse (the training grid) | refine (the scan's resolution, around the coarse implant)
     output: str = "runs/run"  # the run folder
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -143,42 +168,17 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-CHOICES = {
-    "method": ("baseline", "fam", "sam"),
-    "stage": ("coarse", "refine"),
-    "model.name": ("unet", "autoencoder", "linear_ae"),
-    "model.target": ("implant", "complete"),
-    "loss.name": ("dice", "dice_ce", "dice_focal"),
-    "loss.reduction": typing.get_args(Reduction),
-    "optim.name": ("adam", "adamw", "sgd"),
-    "optim.scheduler": ("none", "poly", "cosine"),
-    "fam.estimator": ESTIMATORS,
-    "fam.objective": OBJECTIVES,
-}
-POSITIVE = (
-    "train.max_weight",
-    "data.batch_size",
-    "fam.probes",
-    "fam.every",
-    "train.val_every",
-    "train.max_nonfinite",
-    "optim.lr",
-    "sam.rho",
-    "loss.weight",
-)
-PROBABILITIES = ("augment.fresh_defect", "augment.flip", "augment.affine")
-NON_NEGATIVE = (
-    "refine.margin_mm",
-    "augment.rotate_deg",
-    "augment.scale",
-    "fam.lam",
-    "fam.warmup_steps",
-    "train.epochs",
-    "data.num_workers",
-    "optim.weight_decay",
-    "model.dropout",
-    "train.threads",
-)
+def method_label(config: Config) -> str:
+    """How a run is named in tables: baseline, FAM with its lambda (and objective when not the default), the L2
+    control, or SAM with its rho."""
+    if config.method == "fam":
+        if config.fam.objective == "l2":
+            return f"L2 on the FAM layer, lambda = {config.fam.lam:g}"
+        kind = "" if config.fam.objective == DEFAULT_OBJECTIVE else f" ({config.fam.objective})"
+        return f"FAM{kind}, lambda = {config.fam.lam:g}"
+    if config.method == "sam":
+        return f"SAM, rho = {config.sam.rho:g}"
+    return "baseline"
 
 
 def _coerce(value, annotation, key: str):
@@ -230,41 +230,26 @@ def build_section(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _get(config: Config, key: str):
-    obj = config
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _floats(section, prefix: str = ""):
+def _check_fields(section: Any, prefix: str = "") -> None:
+    """Every field's own rules: finite numbers, Literal choices, and the limit declared beside it."""
+    hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
+        key, value = f"{prefix}{f.name}", getattr(section, f.name)
         if dataclasses.is_dataclass(value):
-            yield from _floats(value, f"{prefix}{f.name}.")
-        elif isinstance(value, float):
-            yield f"{prefix}{f.name}", value
+            _check_fields(value, f"{key}.")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+        if typing.get_origin(hints[f.name]) is typing.Literal and value not in typing.get_args(hints[f.name]):
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, typing.get_args(hints[f.name])))}, got {value!r}")
+        limit = f.metadata.get("limit")
+        if limit is not None and value is not None and not _LIMITS[limit](value):
+            raise ConfigError(f"{key}: must be {limit}, got {value}")
 
 
 def validate(config: Config) -> Config:
-    """Value checks that types cannot express; raises ConfigError naming the key."""
-    for key, value in _floats(config):
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: must be a finite number, got {value}")
-    for key, allowed in CHOICES.items():
-        if _get(config, key) not in allowed:
-            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {_get(config, key)!r}")
-    for key in POSITIVE:
-        if _get(config, key) <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {_get(config, key)}")
-    if config.fam.chunk is not None and config.fam.chunk < 1:
-        raise ConfigError(f"fam.chunk: samples per FAM pass, must be >= 1 or null, got {config.fam.chunk}")
-    for key in NON_NEGATIVE:
-        if _get(config, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")
-    for key in PROBABILITIES:
-        if not 0 <= _get(config, key) <= 1:
-            raise ConfigError(f"{key}: a probability, must lie in [0, 1], got {_get(config, key)}")
+    """Check a config however it was made (YAML, overrides or Python); raises ConfigError naming the key."""
+    _check_fields(config)
     unknown = [k for k in config.augment.defect_types if k not in DEFECT_TYPES]
     if unknown:
         raise ConfigError(f"augment.defect_types: unknown type(s) {unknown}; choose from {', '.join(DEFECT_TYPES)}")

@@ -44,3 +44,36 @@ def trained_run(tmp_path_factory, manifest):
     path, out = write_config(folder, manifest, "baseline", TINY_UNET, "tiny")
     train(path, quiet=True)
     return Path(out)
+
+
+@pytest.fixture(scope="session")
+def predictions(tmp_path_factory, manifest, trained_run):
+    """The 2-epoch run's predictions of the tiny dataset's evaluation sets."""
+    from fam_skull.cli import main
+
+    out = tmp_path_factory.mktemp("pred")
+    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture
+def folders(tmp_path, manifest, trained_run, predictions):
+    """What the bad-input tables build their command lines from: a file where a folder belongs, a broken
+    predictions index, a tiny training config, the shared run, manifest and predictions."""
+    from helpers import TINY_UNET, write_config
+
+    (tmp_path / "a_file.txt").write_text("not a folder")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "predictions.json").write_text('{"method": "x", "cases": ')
+    config, _ = write_config(tmp_path, manifest, "baseline", TINY_UNET, "cfg")
+    return {
+        "tmp": tmp_path,
+        "out": tmp_path / "out",
+        "file": tmp_path / "a_file.txt",
+        "run": trained_run,
+        "manifest": manifest,
+        "predictions": predictions,
+        "broken": broken,
+        "config": config,
+    }

@@ -1,5 +1,8 @@
-"""Helpers the tests share: synthetic volumes written as the datasets ship them, a tiny U-Net, a tiny config."""
+"""Helpers the tests share: synthetic volumes written as the datasets ship them, a tiny U-Net, a tiny config, and
+the checks of a refused command."""
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +40,43 @@ def write_config(folder: Path, manifest: Path, method: str, model: dict, name: s
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, cfg["output"]
+
+
+def cut(path: Path, fraction: float = 0.4) -> Path:
+    """Truncate a file to ``fraction`` of its bytes (a download or copy that stopped)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def manifest_variant(tmp_path: Path, manifest: Path, change) -> Path:
+    """A copy of a prepared manifest (its volumes linked, not copied) changed by ``change(data)``."""
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    for sub in ("grid", "original"):
+        if not (folder / sub).exists():
+            (folder / sub).symlink_to(manifest.parent / sub)
+    data = json.loads(manifest.read_text())
+    data = change(data) or data
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def assert_refused(argv: list[str], status: int, pattern: str, tmp_path: Path, capsys) -> None:
+    """The command line refuses ``argv``: exit ``status``, a message matching ``pattern``, no traceback, nothing
+    written into ``tmp_path/out`` (but its lock) and no file escaped the test's folder."""
+    from data_prep.folder import LOCK_NAME
+    from fam_skull.cli import main
+
+    try:
+        code = main([*argv, "--quiet"])
+    except SystemExit as e:  # argparse: usage and the message on stderr
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err
+    out = tmp_path / "out"
+    assert not out.exists() or not any(p for p in out.rglob("*") if p.name != LOCK_NAME and p.is_file())
+    assert not list(tmp_path.parent.rglob("ESCAPED*"))

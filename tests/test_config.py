@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from fam_skull.config import Config, ConfigError, load_config
+from fam_skull.experiments.sweep import load_sweep
 from fam_skull.fam.flatness import resolve_layer
-from fam_skull.runs import model_from_config
-from fam_skull.sweep import load_sweep
+from fam_skull.networks.models import model_from_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -70,13 +70,14 @@ def test_defaults_live_in_one_place():
 
     from data_prep.prepare import PrepareOptions
     from data_prep.preprocess import BONE_HU, binarize
-    from fam_skull.bundle import FolderPredictor
     from fam_skull.cli import build_parser
+    from fam_skull.experiments.sweep import SweepConfig
     from fam_skull.fam.regularizer import DEFAULT_LAMBDA, FAMRegularizer
     from fam_skull.fam.sam import DEFAULT_RHO, SAM
-    from fam_skull.predict import PredictOptions, load_file
-    from fam_skull.step import Stepper
-    from fam_skull.sweep import SweepConfig
+    from fam_skull.predict import PredictOptions
+    from fam_skull.predict.export import FolderPredictor
+    from fam_skull.predict.inputs import load_file
+    from fam_skull.train.step import Stepper
 
     def default(fn, name):
         return signature(fn).parameters[name].default

@@ -21,13 +21,16 @@ from fam_skull.fam.norms import decompose_norms, independent_of, restore_modules
 DEFAULT_OBJECTIVE: Objective = "fisher"
 DEFAULT_LAMBDA = 3.0
 Reduction = Literal["mean", "sum"]
+# What each objective's value is called in logs, metrics.csv, TensorBoard and curves (fisher's is kappa_F, not kappa).
+OBJECTIVE_COLUMNS: dict[str, str] = {"kappa": "kappa", "fisher": "kappa_F", "published": "norm_trace", "l2": "sq_norm"}
 
 
 @dataclass
 class FAMOutput:
     """What one regularized step produced: ``loss`` to call ``backward()`` on, and its parts for logging.
 
-    ``kappa`` is None on steps where the regularizer is off (warm-up, or between every-k steps).
+    ``kappa`` is the objective's value (kappa, kappa_F, ...; named in :data:`OBJECTIVE_COLUMNS`), None on steps
+    where the regularizer is off (warm-up, or between every-k steps).
     """
 
     loss: torch.Tensor

@@ -1,0 +1,109 @@
+"""The implant from a network's output, for both stages: one place for what training validates and what
+``predict`` (and the exported bundle) writes.
+
+Coarse stage: the network sees the whole defective skull on the training grid; its implant is its foreground
+minus the bone it was given. Refinement stage: a MONAI UNet with 2 input channels (the defective skull and the
+coarse implant probability upsampled to the scan's resolution) predicts the implant by sliding window inside a
+box, the coarse implant's bounding box grown by ``margin_mm`` and clipped to the volume. Refinement works on
+canonical (LPS) arrays at the scan's resolution; :class:`~data_prep.preprocess.Layout` maps them to and from the
+original geometry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from data_prep.box import bounding_box
+from data_prep.preprocess import Layout
+
+
+def implant_mask(logits: torch.Tensor, defective: torch.Tensor) -> torch.Tensor:
+    """The implant a network predicts: its foreground (argmax of 2 classes) minus the bone it was given.
+
+    The same for both ``model.target``s: an implant network's output is the implant, and a completion
+    network's completed skull minus its input is the bone it added. Shapes (B, 2, ...) and (B, 1, ...).
+    """
+    return (logits.argmax(1, keepdim=True) == 1) & ~(defective > 0.5)
+
+
+@torch.no_grad()
+def implant_on_grid(
+    model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device, roi_size: Sequence[int] | None = None
+) -> np.ndarray:
+    """The coarse network's implant (:func:`implant_mask`) on the training grid (bool)."""
+    x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
+    if roi_size is not None:
+        logits = sliding_window_inference(x, roi_size, 1, model, overlap=0.25)
+        assert isinstance(logits, torch.Tensor)  # the model returns one tensor
+    else:
+        logits = model(x)
+    return implant_mask(logits, x)[0, 0].cpu().numpy()
+
+
+@torch.no_grad()
+def coarse_probability(model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device) -> np.ndarray:
+    """The coarse network's implant probability on the grid (float32), zero on the bone it was given."""
+    x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
+    p = torch.softmax(model(x).float(), 1)[0, 1]
+    return (p * (x[0, 0] < 0.5)).cpu().numpy()
+
+
+def scan_probability(
+    model: torch.nn.Module, defective_grid: np.ndarray, layout: Layout, defective: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """The coarse implant probability resampled to the canonical array at the scan's resolution, zero on
+    ``defective`` (the canonical defective skull): the refinement network's second input channel."""
+    return (layout.canonical_from_grid(coarse_probability(model, defective_grid, device)) * ~defective).astype(np.float32)
+
+
+def defect_box(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` grown by ``margin_mm`` on every side (rounded up to whole voxels per axis)
+    and clipped to the array; None for an empty mask."""
+    return bounding_box(mask, margin=[int(np.ceil(margin_mm / s)) for s in spacing])
+
+
+@torch.no_grad()
+def refine_implant(
+    model: torch.nn.Module,
+    defective: np.ndarray,
+    probability: np.ndarray,
+    spacing: Sequence[float],
+    patch: Sequence[int],
+    margin_mm: float,
+    device: torch.device,
+    box: tuple[slice, ...] | None = None,
+) -> np.ndarray:
+    """The refined implant (bool, canonical array at the scan's resolution).
+
+    Args:
+        defective: the defective skull (canonical, scan resolution).
+        probability: the coarse implant probability resampled to the same array.
+        spacing: voxel size in mm; patch: the sliding window (voxels); margin_mm: the box margin.
+        box: the box to refine (default: around the coarse implant, probability >= 0.5).
+    """
+    out = np.zeros(defective.shape, bool)
+    box = box if box is not None else defect_box(probability >= 0.5, spacing, margin_mm)
+    if box is None:
+        return out
+    x = torch.from_numpy(np.stack([defective[box], probability[box]]).astype(np.float32))[None].to(device)
+    logits = sliding_window_inference(x, tuple(patch), 1, model, overlap=0.25, mode="gaussian")
+    assert isinstance(logits, torch.Tensor)  # the model returns one tensor
+    out[box] = implant_mask(logits, x[:, :1])[0, 0].cpu().numpy()
+    return out
+
+
+def clean_implant(implant: np.ndarray, spacing: Sequence[float], min_component_mm3: float) -> np.ndarray:
+    """Drop connected components smaller than ``min_component_mm3`` (resampling leaves thin slivers along
+    the defect's rim)."""
+    if min_component_mm3 <= 0 or not implant.any():
+        return implant
+    labels, _ = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel()) * float(np.prod(spacing))
+    keep = sizes >= min_component_mm3
+    keep[0] = False
+    return keep[labels]

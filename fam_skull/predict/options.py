@@ -1,0 +1,48 @@
+"""The parameters of ``fam-skull predict``, apart from the stage: the command line reads their defaults without
+importing torch or MONAI (so ``--help`` answers at once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.preprocess import BONE_HU
+
+# implant pieces smaller than this are resampling slivers along the rim (predict, export, sweep, the bundle)
+MIN_COMPONENT_MM3 = 100.0
+
+
+@dataclass
+class PredictOptions:
+    """Parameters of ``fam-skull predict`` (the CLI flags have the same names).
+
+    Attributes:
+        run: a training run folder.
+        output: folder for the predictions.
+        manifest: a prepared manifest; its ``roles`` cases are predicted.
+        files: defective skull volumes to predict instead (any format SimpleITK reads).
+        roles: manifest roles to predict (default both evaluation sets).
+        checkpoint: ``best``, ``last``, ``epoch_NNNN`` or a .pt path.
+        min_component_mm3: implant components smaller than this are removed.
+        stl: also write ``<id>_implant.stl``.
+        roi_size: sliding-window size on the grid (None: the whole grid at once).
+        stage: ``coarse`` or ``refined`` (a refinement run only); default: the run's own stage.
+        input_kind, threshold: how ``files`` are binarized (as in ``prepare``).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    run: Path
+    output: Path
+    manifest: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    roles: tuple[str, ...] = ("eval1", "eval2")
+    checkpoint: str = "best"
+    min_component_mm3: float = MIN_COMPONENT_MM3
+    stl: bool = False
+    roi_size: tuple[int, int, int] | None = None
+    stage: str | None = None
+    input_kind: str = "auto"
+    threshold: float = BONE_HU
+    device: str = "auto"
+    force: bool = False
+    quiet: bool = False

@@ -1,0 +1,170 @@
+"""``fam-skull predict``: completed skulls and implants, written back in each case's original geometry.
+
+The implant is the network's foreground minus the defective skull it was given, brought to the original
+geometry, minus the defective skull there, with components under ``min_component_mm3`` removed. The coarse stage
+separates it on the training grid (where input and output align exactly) and resamples it; the refinement stage
+predicts it at the scan's resolution in a box around the coarse implant. The completed skull is the defective
+skull (the known input, exact) united with that implant.
+
+Output folder (:class:`~fam_skull.common.paths.PredictionFolder`): ``<id>_complete.nii.gz`` and
+``<id>_implant.nii.gz`` per case (optionally ``<id>_implant.stl``, a mesh in LPS millimetres) and
+``predictions.json`` listing them; the index is rewritten after every case, so an interrupted run keeps what it
+finished and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from data_prep.folder import claim
+from data_prep.io import VolumeError, atomic_write_text, file_stamp, read_json, to_array
+from data_prep.preprocess import Layout
+from data_prep.progress import progress
+from fam_skull.common.paths import PredictionFolder
+from fam_skull.config import method_label
+from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, scan_probability
+from fam_skull.networks.trained import load_run
+from fam_skull.predict.inputs import CaseInput, file_cases, manifest_cases
+from fam_skull.predict.options import MIN_COMPONENT_MM3, PredictOptions
+from fam_skull.predict.outputs import write_case
+
+log = logging.getLogger("fam_skull.predict")
+STAGES = ("coarse", "refined")
+
+
+@dataclass
+class Predictor:
+    """A run's networks and how they make an implant: the coarse network, and the refinement network with its
+    patch and margin when the refined stage runs."""
+
+    coarse: torch.nn.Module
+    device: torch.device
+    refiner: torch.nn.Module | None = None
+    patch: Sequence[int] = (48, 48, 48)
+    margin_mm: float = 10.0
+    roi_size: Sequence[int] | None = None
+    min_component_mm3: float = MIN_COMPONENT_MM3
+
+    def implant(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The defective skull and the implant, both in the original geometry (x, y, z arrays)."""
+        defective = to_array(layout.to_original(canonical)) != 0
+        if self.refiner is None:
+            added = to_array(layout.from_grid(implant_on_grid(self.coarse, defective_grid, self.device, self.roi_size))) != 0
+        else:
+            probability = scan_probability(self.coarse, defective_grid, layout, canonical, self.device)
+            refined = refine_implant(
+                self.refiner, canonical, probability, layout.canonical.spacing, self.patch, self.margin_mm, self.device
+            )
+            added = to_array(layout.to_original(refined)) != 0
+        return defective, clean_implant(added & ~defective, layout.original.spacing, self.min_component_mm3)
+
+
+@dataclass
+class PredictResult:
+    output: Path
+    predicted: int
+    reused: int
+    failed: list[dict] = field(default_factory=list)
+
+
+def _previous_index(folder: PredictionFolder, force: bool) -> dict:
+    if force or not folder.index.is_file():
+        return {}
+    try:
+        index = read_json(folder.index)
+    except ValueError as e:
+        log.warning("%s; predicting every case again", e)
+        return {}
+    if not isinstance(index, dict) or not isinstance(index.get("cases", {}), dict):
+        log.warning("%s: not an index written by 'fam-skull predict'; predicting every case again", folder.index)
+        return {}
+    return index
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: Sequence[CaseInput],
+    output: Path,
+    about: dict,
+    *,
+    stl: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+) -> PredictResult:
+    """Predict every case into ``output``; one case's bad input is recorded in the index and the others go on.
+
+    ``about`` describes the networks (``weights``: what they were loaded from; run, method, ...) and goes into the
+    index; cases predicted before with the same weights are reused.
+    """
+    folder = PredictionFolder(output)
+    index = _previous_index(folder, force)
+    if index.get("weights") != about["weights"]:  # a retrained or another checkpoint or stage: earlier predictions are stale
+        index["cases"] = {}
+    index.update(about)
+    done = index.setdefault("cases", {})
+    failed = index["failed"] = []
+    reused = predicted = 0
+    for case in progress(cases, desc="predict", unit="case", quiet=quiet):
+        entry = done.get(case.id)
+        if entry and all((output / f).is_file() for f in entry["files"].values()):
+            reused += 1
+            continue
+        try:
+            defective_grid, layout, canonical = case.load()
+            defective, implant = predictor.implant(defective_grid, layout, canonical)
+            files = write_case(output, case.id, defective, implant, layout, stl)
+            done[case.id] = {"source": case.source, "files": files, "implant_voxels": int(implant.sum())}
+            predicted += 1
+        except (VolumeError, ValueError, RuntimeError) as e:
+            log.warning("skipped %s: %s", case.id, e)
+            failed.append({"case": case.id, "reason": str(e)})
+        atomic_write_text(folder.index, json.dumps(index, indent=1))
+    atomic_write_text(folder.index, json.dumps(index, indent=1))
+    log.info("predicted %d cases, reused %d, failed %d -> %s", predicted, reused, len(failed), output)
+    return PredictResult(output, predicted, reused, failed)
+
+
+def predict(opts: PredictOptions) -> PredictResult:
+    """Predict every case of ``opts`` (a manifest's roles and/or files) with a trained run.
+
+    Raises:
+        ValueError: bad options (a stage the run does not have, a manifest on another grid).
+        ConfigError, CheckpointError: the run cannot be loaded.
+        FolderError: the output folder is a file, not writable, or in use by another process.
+    """
+    with claim(opts.output, "predict"):
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device)
+        model, config, grid, ckpt = load_run(opts.run, opts.checkpoint, device)
+        stage = opts.stage or ("refined" if config.stage == "refine" else "coarse")
+        if stage not in STAGES or (stage == "refined" and config.stage != "refine"):
+            raise ValueError(f"stage: {stage!r} needs one of {', '.join(STAGES)}; 'refined' needs a refinement run (stage: refine)")
+        if opts.roi_size is not None and config.model.name == "linear_ae":
+            raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
+        checkpoints = [ckpt]
+        predictor = Predictor(model, device, roi_size=opts.roi_size, min_component_mm3=opts.min_component_mm3)
+        if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
+            coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, device)
+            predictor.coarse, checkpoints = coarse, [coarse_ckpt]
+            if stage == "refined":
+                predictor.refiner, predictor.patch, predictor.margin_mm = model, config.refine.patch, config.refine.margin_mm
+                checkpoints.append(ckpt)
+        cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
+            opts.files, grid, opts.input_kind, opts.threshold
+        )
+        about = {
+            "run": str(Path(opts.run).resolve()),
+            "checkpoint": str(ckpt),
+            "weights": {"checkpoints": [file_stamp(c) for c in checkpoints], "stage": stage},
+            "stage": stage,
+            "method": method_label(config),
+            "config": yaml.safe_load(config.to_yaml()),
+        }
+        return predict_cases(predictor, cases, Path(opts.output), about, stl=opts.stl, force=opts.force, quiet=opts.quiet)

@@ -1,0 +1,80 @@
+"""The refinement stage's training data: for every train (val) case, the defective skull and implant at the
+scan's resolution (``prepare`` keeps them), the coarse run's implant probability for the case, and the box
+around the union of the coarse and the true implant (so training sees the whole defect even where the coarse
+stage missed part), cut into patches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+
+from data_prep.io import read_image, to_array
+from data_prep.manifest import Manifest, ManifestError
+from data_prep.preprocess import Layout
+from data_prep.progress import progress
+from fam_skull.networks.implant import defect_box, scan_probability
+
+
+def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device: torch.device) -> dict:
+    """A case at the scan's resolution (canonical arrays): ``defective``, ``implant``, the coarse
+    ``probability``, and ``spacing``.
+
+    Raises:
+        ManifestError: the case has no volumes in the original geometry (prepared with ``--no-refine-data``).
+    """
+    if "original" not in case:
+        raise ManifestError(
+            f"{manifest.path}: case {case['id']} has no volumes at the scan's resolution; "
+            "prepare again without --no-refine-data to train a refinement stage"
+        )
+    layout = Layout.from_dict(case["layout"])
+    defective = layout.canonical_array(read_image(manifest.file(case, "original", "defective"))) != 0
+    implant = layout.canonical_array(read_image(manifest.file(case, "original", "implant"))) != 0
+    grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
+    return {
+        "id": case["id"],
+        "defective": defective,
+        "implant": implant,
+        "probability": scan_probability(coarse, grid, layout, defective, device),
+        "spacing": np.asarray(layout.canonical.spacing),
+    }
+
+
+def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device: torch.device, quiet: bool = True) -> list[dict]:
+    """:func:`load_case` of every ``role`` case.
+
+    Raises:
+        ManifestError: no case has this role, or one has no volumes at the scan's resolution.
+    """
+    cases = manifest.role(role)
+    if not cases:
+        raise ManifestError(f"{manifest.path}: no {role} cases; prepare more skulls or change the split")
+    return [load_case(manifest, c, coarse, device) for c in progress(cases, desc=f"refine data ({role})", unit="case", quiet=quiet)]
+
+
+def training_items(cases: list[dict], margin_mm: float) -> list[dict]:
+    """Per case, the box around the coarse and the true implant, as network items (``image``: defective skull
+    and coarse probability, ``implant``: the label), channel first."""
+    items = []
+    for c in cases:
+        box = defect_box((c["probability"] >= 0.5) | c["implant"], c["spacing"], margin_mm)
+        image = np.stack([c["defective"][box], c["probability"][box]]).astype(np.float32)
+        items.append({"image": torch.from_numpy(image), "implant": torch.from_numpy(c["implant"][box][None].astype(np.float32))})
+    return items
+
+
+def patch_augmentation(patch: Sequence[int]) -> Compose:
+    """Patches of the box, half centred on implant voxels and half elsewhere (MONAI's positive/negative
+    sampling), flipped left-right half the time."""
+    keys = ("image", "implant")
+    return Compose(
+        [
+            SpatialPadd(keys, spatial_size=tuple(patch)),
+            RandCropByPosNegLabeld(keys, label_key="implant", spatial_size=tuple(patch), pos=1, neg=1, num_samples=1),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )
