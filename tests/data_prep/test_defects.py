@@ -24,16 +24,30 @@ def test_each_defect_removes_a_plausible_part(skull, kind):
     assert np.array_equal(make_defect(mask, spacing, kind, seed=3).region, d.region)
 
 
-def test_anatomical_placement(skull):
+# Where each type's implant lies, as the centroid's position in the skull's bounding box (0..1 per axis; LPS: low y is
+# anterior, high z superior), read off the placement rules in defects._draw: sphere and cube centres on the top
+# quarter, bilateral at the vertex midline, facial and frontoorbital anterior (the face low, the orbits mid-height),
+# parietotemporal on one side, random anywhere above 40% of the height.
+PLACEMENT = {
+    "sphere": lambda x, y, z: z > 0.6,
+    "cube": lambda x, y, z: z > 0.6,
+    "bilateral": lambda x, y, z: z > 0.8 and abs(x - 0.5) < 0.1,
+    "facial": lambda x, y, z: y < 0.2 and z < 0.6,
+    "frontoorbital": lambda x, y, z: y < 0.2 and 0.35 < z < 0.7,
+    "parietotemporal": lambda x, y, z: abs(x - 0.5) > 0.35 and 0.4 < z < 0.8,
+    "random": lambda x, y, z: z > 0.3,
+}
+
+
+@pytest.mark.parametrize("kind", DEFECT_TYPES)
+def test_anatomical_placement(skull, kind):
     mask, spacing, _ = skull
-    z = np.nonzero(mask.any(axis=(0, 1)))[0]
-    y = np.nonzero(mask.any(axis=(0, 2)))[0]
-    height = z[-1] - z[0]
-    for kind in ("sphere", "cube", "bilateral"):
-        implant = mask & make_defect(mask, spacing, kind, seed=1).region
-        assert np.nonzero(implant.any(axis=(0, 1)))[0].mean() > z[0] + 0.6 * height, kind
-    face = mask & make_defect(mask, spacing, "facial", seed=1).region
-    assert np.nonzero(face.any(axis=(0, 2)))[0].max() < y[0] + 0.4 * (y[-1] - y[0])  # anterior (LPS: low y)
+    extent = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
+    lo, hi = np.array([e[0] for e in extent]), np.array([e[-1] for e in extent])
+    for seed in (1, 2, 3):
+        implant = mask & make_defect(mask, spacing, kind, seed=seed).region
+        x, y, z = (np.argwhere(implant).mean(0) - lo) / (hi - lo)
+        assert PLACEMENT[kind](x, y, z), (kind, seed, round(x, 2), round(y, 2), round(z, 2))
 
 
 def test_impossible_defect_is_reported():

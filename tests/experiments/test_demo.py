@@ -4,6 +4,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 
 from fam_skull.cli import main
@@ -43,6 +44,10 @@ def test_flatness_command(tmp_path, manifest, trained_run, capsys):
     result = json.loads(out.read_text())
     assert result["n"] == 8 and result["ci95"][0] <= result["kappa"] <= result["ci95"][1]
     assert abs(sum(result["per_case"].values()) / 8 - result["kappa"]) < 1e-12
+    # the 95% interval of a mean of 8: +- t(0.975, 7) = 2.364624 standard errors (a table value), not 1.96
+    values = np.array(list(result["per_case"].values()))
+    half = (result["ci95"][1] - result["ci95"][0]) / 2
+    assert half == pytest.approx(2.364624 * values.std(ddof=1) / np.sqrt(8), rel=1e-6)
     assert "baseline: kappa(bottleneck) =" in capsys.readouterr().out
     # each case's value is relative_flatness (checked against a brute-force Hessian in test_flatness.py) of that
     # case alone, with the command's probe stream: read the case back from its files, not through the command's loader

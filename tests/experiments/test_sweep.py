@@ -78,6 +78,9 @@ def test_refinement_follows_each_arm_on_top_of_its_coarse_run():
         ({"sweep": {"arms": [{"name": "a", "set": {"fam.lamb": 1}}]}, "run": RUN}, r"unknown key fam.lamb \(did you mean fam.lam\?\)"),
         ({"sweep": {}, "run": {**RUN, "train": {"epoch": 3}}}, r"unknown key train.epoch"),
         ({"sweep": {"refine": {"refine.pach": [8, 8, 8]}}, "run": RUN}, r"unknown key refine.pach"),
+        # a study compares arms with the first: with one arm it trained everything, then crashed while writing it
+        ({"sweep": {"study": True, "arms": [{"name": "only", "set": {}}]}, "run": RUN}, "sweep.study: compares every arm with the first"),
+        ({"sweep": {"study": True, "lams": [], "sam": False}, "run": RUN}, r"needs at least two arms, got 1"),
     ],
 )
 def test_bad_sweep_configs_are_refused_at_load(values, message):

@@ -1,5 +1,7 @@
 """step.py: one optimization step per method; a step whose loss or gradient is not finite changes nothing."""
 
+import math
+
 import torch
 
 from fam_skull.fam.regularizer import FAMRegularizer
@@ -33,7 +35,8 @@ def test_a_finite_loss_with_an_overflowing_gradient_is_skipped():
     reg = FAMRegularizer(model, layer="0", lam=1e38, objective="kappa")  # lambda x grad(kappa) overflows; kappa itself may not
     x, y = torch.randn(2, 1, 4, 4, 4), (torch.rand(2, 1, 4, 4, 4) > 0.5).float()
     result = Stepper(model, _loss, torch.optim.SGD(model.parameters(), lr=0.1), "fam", regularizer=reg)(x, y)
-    assert result.skipped
+    # the loss and kappa were finite, so the step was skipped by the gradient check, not the loss check
+    assert result.skipped and all(math.isfinite(v) for v in (result.loss, result.task_loss, result.regularizer))
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p.detach(), b)
         assert p.grad is None
