@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name(0))"
 start=$(date +%s)
-# the demo, shortened: on CUDA the kappa step is far slower than on the CPU (see README), and the full demo
+# the demo, shortened: on CUDA the kappa step is far slower than on the CPU (docs/performance.md), and the full demo
 # took about 8 minutes there
 python3 -m fam_skull demo --output "$out/demo" --quiet run.train.device=cuda prepare.workers=8 run.train.epochs=6 \
   run.train.val_every=2 run.fam.warmup_steps=60

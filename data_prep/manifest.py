@@ -26,7 +26,7 @@ class ManifestError(ValueError):
 
 
 class Manifest:
-    """A prepared dataset: ``cases`` are dicts (schema in the README); paths in them are relative to ``root``."""
+    """A prepared dataset: ``cases`` are dicts (schema in docs/data.md); paths in them are relative to ``root``."""
 
     def __init__(self, path: Path, data: dict) -> None:
         self.path = path

@@ -62,4 +62,7 @@ def test_a_wheel_carries_what_the_demo_needs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"fam_skull/configs/{p.name}" for p in (root / "configs").glob("*.yaml")}
     assert "fam_skull/configs/demo.yaml" in shipped and shipped <= names
-    assert {"fam_skull/fam/flatness.py", "data_prep/prepare.py"} <= names
+    stages = {
+        f"fam_skull/{stage}/__init__.py" for stage in ("common", "metrics", "networks", "train", "predict", "evaluate", "experiments")
+    }
+    assert {"fam_skull/fam/flatness.py", "data_prep/prepare.py", *stages} <= names

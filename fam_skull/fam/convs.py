@@ -3,7 +3,7 @@
 PyTorch differentiates ``convolution_backward`` (the FAM gradient's second and third orders) with a formula that
 computes the weight's term as a convolution whose kernel is a whole activation map (of the gradient's size,
 dilated by the layer's stride). On the CPU that costs little; cuDNN has no fast kernels for such shapes (a kappa
-step on an H200 took 70x a baseline step, see the README). The twins here compute the same function, and every
+step on an H200 took 70x a baseline step, see docs/performance.md). The twins here compute the same function, and every
 derivative of it, from three kernels with the layer's own geometry: the forward convolution, its input gradient
 (backward-data) and its weight gradient (backward-filter). The three are bilinear, and the derivative of each is
 again one of them, so the set is closed under differentiation and exact at every order. Where a derivative needs

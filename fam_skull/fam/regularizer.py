@@ -14,7 +14,7 @@ from fam_skull.fam.convs import decompose_convs, restore_convs
 from fam_skull.fam.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
 from fam_skull.fam.norms import decompose_norms, independent_of, restore_modules
 
-# The one default objective and lambda (config, this class, README), chosen by the seeded study (docs/study): kappa
+# The one default objective and lambda (config, this class, the docs), chosen by the seeded study (docs/study): kappa
 # at 0.003 cost eval1 DSC (p 6e-9) and destabilized late training; fisher at 3 was neutral with flat curves, and
 # its gradient is second order (cheaper) and it cannot run away below zero. kappa_F's gradient is ~1000x smaller
 # than kappa's, hence the larger lambda.

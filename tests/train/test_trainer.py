@@ -58,11 +58,12 @@ def test_two_epoch_run_leaves_a_complete_run_folder(tmp_path, manifest, method, 
 
 
 def test_resume_ends_with_the_same_weights(tmp_path, manifest):
-    # every augmentation on: fresh defects, flips and affine are drawn from (seed, epoch, item) alone
+    # every augmentation on: fresh defects, flips and affine are drawn from (seed, epoch, item) alone; dropout draws
+    # from torch's global RNG, which the checkpoint restores
     augment = {"fresh_defect": 1.0, "flip": 0.5, "affine": 0.5}
     path, out = config_file(tmp_path, manifest, "fam", optim={"scheduler": "poly"}, augment=augment)
-    assert main(["train", str(path), f"output={tmp_path / 'straight'}", "--quiet"]) == 0
-    assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "train.epochs=1", "--quiet"]) == 0
+    assert main(["train", str(path), f"output={tmp_path / 'straight'}", "model.dropout=0.2", "--quiet"]) == 0
+    assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "model.dropout=0.2", "train.epochs=1", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")["epoch"] == 1
     assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "--quiet"]) == 2  # never overwrites a run
     assert main(["train", "train.epochs=2", "--resume", str(tmp_path / "stopped"), "--quiet"]) == 0
@@ -180,6 +181,36 @@ def test_loss_options_match_a_hand_computation(name):
     torch.testing.assert_close(build_loss(cfg)(logits, target), expected)
     cfg.loss.weight = 80.0
     torch.testing.assert_close(build_loss(cfg)(logits, target), 80 * expected)
+
+
+def test_fresh_defects_reach_the_training_step(tmp_path, manifest, monkeypatch):
+    """With augment.fresh_defect 1 the step sees implants cut afresh, not the prepared ones (the same complete
+    skulls, so the completed skull is unchanged)."""
+    import fam_skull.train.parts as train_module
+    from data_prep.io import read_image, to_array
+    from data_prep.manifest import Manifest
+    from fam_skull.train import train
+
+    seen = {"implant": 0.0, "complete": 0.0}
+
+    def recording_loss(cfg):
+        def loss(outputs, targets):
+            seen[cfg.model.target] += float(targets.sum())
+            return outputs.mean() * 0
+
+        return loss
+
+    monkeypatch.setattr(train_module, "build_loss", recording_loss)
+    fresh = {"fresh_defect": 1.0, "flip": 0.0, "affine": 0.0}
+    for target in ("implant", "complete"):
+        path, _ = write_config(
+            tmp_path, manifest, "baseline", {**TINY_UNET, "target": target}, f"fresh_{target}", augment=fresh, train={"epochs": 1}
+        )
+        train(path, quiet=True)
+    m = Manifest.load(manifest)
+    stored = {k: sum(float(to_array(read_image(m.file(c, "grid", k))).sum()) for c in m.role("train")) for k in seen}
+    assert seen["complete"] == stored["complete"]
+    assert seen["implant"] != stored["implant"]
 
 
 @pytest.mark.parametrize("target", ["implant", "complete"])
