@@ -80,3 +80,18 @@ def assert_refused(argv: list[str], status: int, pattern: str, tmp_path: Path, c
     out = tmp_path / "out"
     assert not out.exists() or not any(p for p in out.rglob("*") if p.name != LOCK_NAME and p.is_file())
     assert not list(tmp_path.parent.rglob("ESCAPED*"))
+
+
+def refusal_test(table: dict):
+    """The test of a stage's bad-input table (name -> (argv built from the ``folders`` fixture, exit status, message
+    pattern)): every row is refused as :func:`assert_refused` checks, and the file standing where a folder belongs
+    is left as it was."""
+    import pytest
+
+    @pytest.mark.parametrize("name", list(table))
+    def test_bad_arguments_are_refused_before_any_work(name, folders, capsys):
+        argv, status, pattern = table[name]
+        assert_refused(argv(folders), status, pattern, folders["tmp"], capsys)
+        assert folders["file"].read_text() == "not a folder"
+
+    return test_bad_arguments_are_refused_before_any_work

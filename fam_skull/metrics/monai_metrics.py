@@ -20,7 +20,7 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction, ignore_background
 from monai.utils import MetricReduction
 
-from fam_skull.metrics.surface import EMPTY_POLICIES, METRICS, compute_metrics
+from fam_skull.metrics.surface import BOUNDARY_MM, EMPTY_POLICIES, METRICS, compute_metrics
 
 
 def _spacings(spacing, y_pred: torch.Tensor, batch: int) -> list[np.ndarray]:
@@ -59,7 +59,7 @@ class SkullMetric(CumulativeIterationMetric):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
         empty: str = "diagonal",
-        boundary_mm: float = 10.0,
+        boundary_mm: float = BOUNDARY_MM,
     ) -> None:
         super().__init__()
         if metric not in METRICS:

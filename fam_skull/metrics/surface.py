@@ -36,6 +36,7 @@ from data_prep.box import bounding_box
 Spacing = Sequence[float] | np.ndarray  # voxel size in mm per axis
 EMPTY_POLICIES = ("diagonal", "inf")
 METRICS = ("dsc", "hd", "hd95", "assd", "bdsc")  # what compute_metrics returns, in the order reports list them
+BOUNDARY_MM = 10.0  # the boundary DSC's reach from the defective skull (AutoImplant 2021)
 _SIX = ndimage.generate_binary_structure(3, 1)
 
 
@@ -82,7 +83,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Spacing | None = No
 
 
 def boundary_dice(
-    pred_implant: ArrayLike, gt_implant: ArrayLike, defective: ArrayLike, spacing: Spacing | None = None, distance_mm: float = 10.0
+    pred_implant: ArrayLike, gt_implant: ArrayLike, defective: ArrayLike, spacing: Spacing | None = None, distance_mm: float = BOUNDARY_MM
 ) -> float:
     """DSC of two implants within ``distance_mm`` of the defective skull (AutoImplant 2021 bDSC)."""
     pred, gt = _as_mask(pred_implant, "prediction"), _as_mask(gt_implant, "reference")
@@ -108,7 +109,7 @@ def compute_metrics(
     *,
     defective: ArrayLike | None = None,
     empty: str = "diagonal",
-    boundary_mm: float = 10.0,
+    boundary_mm: float = BOUNDARY_MM,
 ) -> dict:
     """DSC, HD, HD95 and ASSD (mm when ``spacing`` is given), and boundary DSC when ``defective`` is given.
 

@@ -29,7 +29,7 @@ from data_prep.io import VolumeError, atomic_write_text, file_stamp, read_json, 
 from data_prep.preprocess import Layout
 from data_prep.progress import progress
 from fam_skull.common.paths import PredictionFolder
-from fam_skull.config import method_label
+from fam_skull.config import RefineConfig, method_label
 from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, scan_probability
 from fam_skull.networks.trained import load_run
 from fam_skull.predict.inputs import CaseInput, file_cases, manifest_cases
@@ -43,13 +43,12 @@ STAGES = ("coarse", "refined")
 @dataclass
 class Predictor:
     """A run's networks and how they make an implant: the coarse network, and the refinement network with its
-    patch and margin when the refined stage runs."""
+    run's ``refine`` settings (patch, margin) when the refined stage runs."""
 
     coarse: torch.nn.Module
     device: torch.device
     refiner: torch.nn.Module | None = None
-    patch: Sequence[int] = (48, 48, 48)
-    margin_mm: float = 10.0
+    refine: RefineConfig = field(default_factory=RefineConfig)
     roi_size: Sequence[int] | None = None
     min_component_mm3: float = MIN_COMPONENT_MM3
 
@@ -60,9 +59,8 @@ class Predictor:
             added = to_array(layout.from_grid(implant_on_grid(self.coarse, defective_grid, self.device, self.roi_size))) != 0
         else:
             probability = scan_probability(self.coarse, defective_grid, layout, canonical, self.device)
-            refined = refine_implant(
-                self.refiner, canonical, probability, layout.canonical.spacing, self.patch, self.margin_mm, self.device
-            )
+            r = self.refine
+            refined = refine_implant(self.refiner, canonical, probability, layout.canonical.spacing, r.patch, r.margin_mm, self.device)
             added = to_array(layout.to_original(refined)) != 0
         return defective, clean_implant(added & ~defective, layout.original.spacing, self.min_component_mm3)
 
@@ -154,7 +152,7 @@ def predict(opts: PredictOptions) -> PredictResult:
             coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, device)
             predictor.coarse, checkpoints = coarse, [coarse_ckpt]
             if stage == "refined":
-                predictor.refiner, predictor.patch, predictor.margin_mm = model, config.refine.patch, config.refine.margin_mm
+                predictor.refiner, predictor.refine = model, config.refine
                 checkpoints.append(ckpt)
         cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
             opts.files, grid, opts.input_kind, opts.threshold

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import assert_refused, cut, write_volume
+from helpers import cut, refusal_test, write_volume
 
 from data_prep.defects import make_defect
 from data_prep.folder import FolderError, check_folder
@@ -179,11 +179,7 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("name", list(REFUSALS))
-def test_bad_arguments_are_refused_before_any_work(name, folders, capsys):
-    argv, status, pattern = REFUSALS[name]
-    assert_refused(argv(folders), status, pattern, folders["tmp"], capsys)
-    assert folders["file"].read_text() == "not a folder"
+test_bad_arguments_are_refused_before_any_work = refusal_test(REFUSALS)
 
 
 def test_odd_settings_that_still_run_say_what_they_mean(tmp_path, capsys):

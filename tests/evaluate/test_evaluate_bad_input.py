@@ -7,9 +7,8 @@ import re
 import shutil
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
-from helpers import assert_refused, manifest_variant
+from helpers import manifest_variant, refusal_test
 
 from data_prep.io import Geometry, from_array, read_image, to_array, write_image
 from data_prep.manifest import Manifest
@@ -40,11 +39,7 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("name", list(REFUSALS))
-def test_bad_arguments_are_refused_before_any_work(name, folders, capsys):
-    argv, status, pattern = REFUSALS[name]
-    assert_refused(argv(folders), status, pattern, folders["tmp"], capsys)
-    assert folders["file"].read_text() == "not a folder"
+test_bad_arguments_are_refused_before_any_work = refusal_test(REFUSALS)
 
 
 def test_evaluate_exits_nonzero_when_every_case_failed(tmp_path, manifest, predictions, capsys):

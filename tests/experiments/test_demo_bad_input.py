@@ -2,8 +2,7 @@
 the file, case or key; the good cases are still done, nothing lands outside the output folder, and nothing already
 computed is lost (the shared checks: helpers.assert_refused). docs/reliability.md lists the same checks."""
 
-import pytest
-from helpers import assert_refused
+from helpers import refusal_test
 
 # name -> (argv built from the test's folders, exit status, message pattern)
 REFUSALS = {
@@ -20,8 +19,4 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("name", list(REFUSALS))
-def test_bad_arguments_are_refused_before_any_work(name, folders, capsys):
-    argv, status, pattern = REFUSALS[name]
-    assert_refused(argv(folders), status, pattern, folders["tmp"], capsys)
-    assert folders["file"].read_text() == "not a folder"
+test_bad_arguments_are_refused_before_any_work = refusal_test(REFUSALS)

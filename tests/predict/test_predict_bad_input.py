@@ -5,8 +5,7 @@ computed is lost (the shared checks: helpers.assert_refused). docs/reliability.m
 import re
 import shutil
 
-import pytest
-from helpers import assert_refused, manifest_variant
+from helpers import manifest_variant, refusal_test
 
 from fam_skull.cli import main
 from fam_skull.common.checkpoint import load_checkpoint, save_checkpoint
@@ -82,11 +81,7 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("name", list(REFUSALS))
-def test_bad_arguments_are_refused_before_any_work(name, folders, capsys):
-    argv, status, pattern = REFUSALS[name]
-    assert_refused(argv(folders), status, pattern, folders["tmp"], capsys)
-    assert folders["file"].read_text() == "not a folder"
+test_bad_arguments_are_refused_before_any_work = refusal_test(REFUSALS)
 
 
 def test_a_checkpoint_of_an_unknown_format_is_refused_by_predict(tmp_path, manifest, trained_run, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY_UNET, assert_refused, manifest_variant, write_config
+from helpers import TINY_UNET, manifest_variant, refusal_test, write_config
 
 from fam_skull.cli import main
 from fam_skull.common.checkpoint import load_checkpoint, save_checkpoint
@@ -38,11 +38,7 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("name", list(REFUSALS))
-def test_bad_arguments_are_refused_before_any_work(name, folders, capsys):
-    argv, status, pattern = REFUSALS[name]
-    assert_refused(argv(folders), status, pattern, folders["tmp"], capsys)
-    assert folders["file"].read_text() == "not a folder"
+test_bad_arguments_are_refused_before_any_work = refusal_test(REFUSALS)
 
 
 def test_a_warmup_longer_than_the_run_is_named(tmp_path, manifest, capsys):
