@@ -140,7 +140,7 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="training run folder")
     p.add_argument("--output", type=Path, required=True, help="folder for the predictions")
     p.add_argument("--manifest", type=Path, help="prepared manifest (its evaluation sets are predicted)")
-    p.add_argument("--files", type=Path, nargs="+", default=[], help="defective skull volumes to predict instead")
+    p.add_argument("--files", type=Path, nargs="+", default=[], help="defective skull volumes (or folders of them) to predict instead")
     p.add_argument("--roles", type=_names, default=d.roles, help="manifest roles to predict (default eval1,eval2)")
     p.add_argument("--checkpoint", default=d.checkpoint, help="best, last, epoch_NNNN or a .pt path")
     p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="drop smaller implant pieces")

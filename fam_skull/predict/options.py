@@ -20,7 +20,8 @@ class PredictOptions:
         run: a training run folder.
         output: folder for the predictions.
         manifest: a prepared manifest; its ``roles`` cases are predicted.
-        files: defective skull volumes to predict instead (any format SimpleITK reads).
+        files: defective skull volumes to predict instead (any format SimpleITK reads; a folder stands for the
+            volumes in it).
         roles: manifest roles to predict (default both evaluation sets).
         checkpoint: ``best``, ``last``, ``epoch_NNNN`` or a .pt path.
         min_component_mm3: implant components smaller than this are removed.
