@@ -178,6 +178,9 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--empty", choices=["diagonal", "inf"], default=d.empty, help="score of a missing surface (default: the volume diagonal)"
     )
+    p.add_argument(
+        "--units", choices=["mm", "voxels"], default=d.units, help="distances in mm (default) or in voxels of each case's grid"
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="parallel processes (default %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute cached per-case results")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
@@ -236,11 +239,42 @@ def _flatness_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", help="best, last, epoch_NNNN or a .pt path")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0)")
     p.add_argument("--output", type=Path, default=None, help="also write the result as JSON")
+    p.add_argument(
+        "--match",
+        type=_reference,
+        default=None,
+        metavar="OBJECTIVE=LAMBDA",
+        help="instead: the lambdas at which kappa, fisher and l2 pull on the FAM layer as hard as this one (e.g. published=0.002)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
 
 
+def _reference(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected OBJECTIVE=LAMBDA (e.g. published=0.002), got {text!r}") from None
+
+
 def _run_flatness(args) -> int:
-    from fam_skull.experiments.flatness import measure_flatness
+    from fam_skull.experiments.flatness import match_strengths, measure_flatness
+
+    if args.match is not None:
+        m = match_strengths(
+            args.run,
+            args.data,
+            args.match,
+            roles=args.roles,
+            probes=args.probes,
+            max_cases=args.max_cases or 8,
+            checkpoint=args.checkpoint,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
+        for objective, lam in m.lam.items():
+            print(f"{objective}: ||grad R|| / ||grad E|| = {m.ratio[objective]:.6g} per unit lambda; matched lambda = {lam:.6g}")
+        return 0
 
     r = measure_flatness(
         args.run,

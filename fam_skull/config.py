@@ -267,7 +267,7 @@ def validate(config: Config) -> Config:
 
 def apply(base: dict, settings: dict) -> dict:
     """A copy of the nested dict ``base`` with ``settings`` (dotted keys -> Python values) set in it."""
-    out = yaml.safe_load(yaml.safe_dump(base)) or {}
+    out = yaml.safe_load(yaml.safe_dump(base, sort_keys=False)) or {}
     for key, value in settings.items():
         node = out
         parts = str(key).strip().split(".")

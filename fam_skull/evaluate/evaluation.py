@@ -51,8 +51,9 @@ def _read_binary(path: Path, what: str) -> tuple[np.ndarray, Geometry]:
     return array.astype(bool), Geometry.of(image)
 
 
-def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> dict:
-    """Metrics of one case's completed skull and implant against the ground truth in the original space.
+def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal", units: str = "mm") -> dict:
+    """Metrics of one case's completed skull and implant against the ground truth in the original space
+    (distances in mm, or in voxels of that space with ``units="voxels"``).
 
     Raises:
         VolumeError: missing or unreadable file, non-binary values, or geometry differing from the reference.
@@ -70,19 +71,21 @@ def evaluate_case(pred_files: dict, gt_files: dict, empty: str = "diagonal") -> 
         mismatch = pred_geometry.mismatch(geometry)
         if mismatch:
             raise VolumeError(f"{pred_files[target]}: {mismatch}, the reference's; predictions must be written in the original geometry")
-        m = compute_metrics(pred, gt, geometry.spacing, defective=defective if target == "implant" else None, empty=empty)
+        spacing = geometry.spacing if units == "mm" else None
+        m = compute_metrics(pred, gt, spacing, defective=defective if target == "implant" else None, empty=empty)
         out[target] = m
     return out
 
 
-def _key(pred_files: dict, gt_files: dict, empty: str) -> dict:
-    """What a case's scores depend on: every input file (path, size, modification time) and the empty policy;
-    a cached result is reused only when all of it is unchanged."""
+def _key(pred_files: dict, gt_files: dict, empty: str, units: str) -> dict:
+    """What a case's scores depend on: every input file (path, size, modification time), the empty policy and the
+    distance units; a cached result is reused only when all of it is unchanged."""
 
     def stamp(files):
         return {name: file_stamp(p) for name, p in sorted(files.items())}
 
-    return {"prediction": stamp(pred_files), "reference": stamp(gt_files), "empty": empty}
+    key = {"prediction": stamp(pred_files), "reference": stamp(gt_files), "empty": empty}
+    return key if units == "mm" else {**key, "units": units}  # the default unnamed: mm results keep their keys
 
 
 def _cached(path: Path, key: dict) -> dict | None:
@@ -94,14 +97,14 @@ def _cached(path: Path, key: dict) -> dict | None:
 
 
 def _job(args) -> tuple[str, str, dict]:
-    method_dir, case_id, role, pred_files, gt_files, empty = args
+    method_dir, case_id, role, pred_files, gt_files, empty, units = args
     try:
-        result = {"case": case_id, "set": role, **evaluate_case(pred_files, gt_files, empty)}
+        result = {"case": case_id, "set": role, **evaluate_case(pred_files, gt_files, empty, units)}
     except (VolumeError, ValueError, OSError) as e:
         result = {"case": case_id, "set": role, "error": str(e)}
     result["prediction_files"] = {k: str(v) for k, v in pred_files.items()}  # as nnU-Net's summary names them
     result["reference_files"] = {k: str(v) for k, v in gt_files.items()}
-    result["key"] = _key(pred_files, gt_files, empty)
+    result["key"] = _key(pred_files, gt_files, empty, units)
     atomic_write_text(Path(method_dir) / "cases" / f"{case_id}.json", json.dumps(result, indent=1))
     return method_dir, case_id, result
 
@@ -171,7 +174,7 @@ def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
                 entry = index["cases"].get(case["id"])
                 pred_files = {k: folder / v for k, v in entry["files"].items()} if entry else {}
                 gt_files = {k: manifest.root / v for k, v in case.get("original", {}).items()}
-                previous = _cached(cached, _key(pred_files, gt_files, opts.empty)) if entry and not opts.force else None
+                previous = _cached(cached, _key(pred_files, gt_files, opts.empty, opts.units)) if entry and not opts.force else None
                 if previous is not None:
                     results[label].append(previous)
                     continue
@@ -180,7 +183,7 @@ def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
                     atomic_write_text(cached, json.dumps(failure, indent=1))
                     results[label].append(failure)
                     continue
-                jobs.append((str(method_dir), case["id"], role, pred_files, gt_files, opts.empty))
+                jobs.append((str(method_dir), case["id"], role, pred_files, gt_files, opts.empty, opts.units))
     for done_dir, _, result in run_jobs(_job, jobs, opts.workers, desc="evaluate", quiet=opts.quiet):
         results[dirs[done_dir]].append(result)
     summaries: dict[str, dict] = {}
@@ -195,6 +198,7 @@ def _evaluate(opts: EvaluateOptions) -> EvaluateResult:
             "method": label,
             "predictions": str(folder),
             "empty_policy": opts.empty,
+            "units": opts.units,
             "sets": sets,
             "metric_per_case": method_results,
         }

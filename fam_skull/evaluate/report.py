@@ -14,7 +14,7 @@ from data_prep.io import atomic_write_text, read_image, to_array
 from data_prep.manifest import Manifest
 from fam_skull.common.figures import pyplot, save_figure
 from fam_skull.common.paths import PredictionFolder, slug
-from fam_skull.metrics import METRICS
+from fam_skull.metrics import BOUNDARY_MM, METRICS
 
 COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
 QUALITY = (("dsc", "DSC"), ("bdsc", "boundary DSC"), ("hd95", "HD95"))  # what AutoImplant 2021 scored
@@ -37,12 +37,14 @@ def paper_table(
     target: str = "implant",
     columns: Sequence[tuple[str, str]] = COLUMNS,
     subsets: bool = True,
+    published: dict[str, dict] | None = None,
 ) -> tuple[str, str]:
     """The paper's layout: one row per method; per set DSC, DSC (100), HD, HD (100), HD95, HD95 (100)
     (other ``columns``, and without the (100) columns when ``subsets`` is false, for other tables).
 
     ``runs`` maps a method label to the summaries of its runs (one per seed): a cell is the mean over runs
-    of the per-run means, +- the standard deviation over runs when there are several.
+    of the per-run means, +- the standard deviation over runs when there are several. ``published`` rows
+    (``{label: {set: {metric: value}}}``, numbers from a paper) come first, in the columns over all cases.
     """
     scopes = ("all", "subset") if subsets else ("all",)
     header = ["method"]
@@ -50,6 +52,13 @@ def paper_table(
         for _, name in columns:
             header += [f"{SET_NAMES.get(s, s)}: {name}" + (" (100)" if scope == "subset" else "") for scope in scopes]
     rows = []
+    for label, values in (published or {}).items():
+        row = [label]
+        for s in sets:
+            for metric, _ in columns:
+                value = values.get(s, {}).get(metric)
+                row += [_cell([value], metric) if scope == "all" else "-" for scope in scopes]
+        rows.append(row)
     for label, summaries in runs.items():
         row = [label if len(summaries) == 1 else f"{label} ({len(summaries)} seeds)"]
         for s in sets:
@@ -77,11 +86,12 @@ def paper_table(
                 else "; failed cases per method: " + ", ".join(f"{k} {v}" for k, v in failed.items())
             )
         )
+    units = next(iter(runs.values()))[0].get("units", "mm")
     md_text = (
         "\n".join(md)
         + "\n\n"
-        + f"Metrics of the {target}; HD and HD95 in mm (medpy definitions)"
-        + ("; boundary DSC: within 10 mm of the defective skull" if any(m == "bdsc" for m, _ in columns) else "")
+        + f"Metrics of the {target}; HD and HD95 in {units} (medpy definitions)"
+        + (f"; boundary DSC: within {BOUNDARY_MM:g} {units} of the defective skull" if any(m == "bdsc" for m, _ in columns) else "")
         + ".\n"
         + "\n".join(notes)
         + "\n"

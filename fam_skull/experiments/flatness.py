@@ -1,4 +1,5 @@
-"""``fam-skull flatness``: kappa of a trained model's FAM layer over a dataset, with a confidence interval.
+"""``fam-skull flatness``: kappa of a trained model's FAM layer over a dataset, with a confidence interval; and
+the strengths at which other objectives pull on that layer as hard as a reference one (``--match``).
 
 The task loss of a dataset is the mean of per-case losses, and kappa is linear in the Hessian, so the
 dataset's kappa is the mean of per-case kappas; each case contributes an unbiased Hutchinson estimate and
@@ -19,7 +20,7 @@ from data_prep.manifest import Manifest
 from data_prep.progress import progress
 from fam_skull.common.stats import mean_interval
 from fam_skull.config import method_label
-from fam_skull.fam.flatness import Objective, relative_flatness
+from fam_skull.fam.flatness import OBJECTIVES, Objective, relative_flatness, resolve_layer
 from fam_skull.networks.trained import load_run
 from fam_skull.train.data import items, transforms
 from fam_skull.train.loss import build_loss
@@ -93,3 +94,63 @@ def measure_flatness(
     if output is not None:
         atomic_write_text(output, json.dumps(report.to_dict(), indent=1))
     return report
+
+
+@dataclass
+class StrengthMatch:
+    """Per objective: ``ratio`` = mean over cases of ||grad_W R|| / ||grad_W E|| at lambda = 1 on the FAM layer W,
+    and ``lam`` = the lambda whose pull equals the reference's (reference lambda x reference ratio / ratio)."""
+
+    reference: tuple[str, float]
+    ratio: dict[str, float]
+    lam: dict[str, float]
+
+
+def match_strengths(
+    run: str | Path,
+    data: str | Path,
+    reference: tuple[str, float],
+    objectives: Sequence[str] = ("kappa", "fisher", "l2"),
+    *,
+    roles: Sequence[str] = ("train",),
+    probes: int = 4,
+    max_cases: int = 8,
+    checkpoint: str = "last",
+    seed: int = 0,
+    quiet: bool = False,
+) -> StrengthMatch:
+    """Lambdas at which each objective's gradient on the FAM layer is as large, relative to the task loss's, as the
+    ``reference`` (objective, lambda)'s, measured on ``max_cases`` cases at a checkpoint of a run (a baseline after
+    warm-up, say): strengths matched by pull, so that arms of different objectives differ in direction only."""
+    names = [reference[0], *[o for o in objectives if o != reference[0]]]
+    unknown = [o for o in names if o not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"objectives must be among {', '.join(OBJECTIVES)}, got {unknown}")
+    model, config, _, _ = load_run(run, checkpoint)
+    weight = resolve_layer(model, config.fam.layer).weight
+    entries = [e for role in roles for e in items(Manifest.load(data), role)][:max_cases]
+    if not entries:
+        raise ValueError(f"{data}: no cases with role {', '.join(roles)}")
+    loss_fn, load = build_loss(config), transforms()
+    generator = torch.Generator().manual_seed(seed)
+    ratios: dict[str, list[float]] = {o: [] for o in names}
+    for entry in progress(entries, desc="strengths", unit="case", quiet=quiet):
+        item = load(entry)
+        inputs, targets = item["image"][None], item[config.model.target][None]
+        (task,) = torch.autograd.grad(loss_fn(model(inputs), targets), weight)
+        for objective in names:
+            value = relative_flatness(
+                model,
+                config.fam.layer,
+                loss_fn,
+                inputs,
+                targets,
+                probes=probes,
+                generator=generator,
+                objective=objective,  # type: ignore[arg-type]
+            )
+            (pull,) = torch.autograd.grad(value, weight)
+            ratios[objective].append(float(pull.norm() / task.norm()))
+    ratio = {o: sum(v) / len(v) for o, v in ratios.items()}
+    lam = {o: reference[1] * ratio[reference[0]] / ratio[o] for o in names}
+    return StrengthMatch(reference, ratio, lam)

@@ -1,6 +1,7 @@
 """Does a regularizer help? A finished multi-seed sweep read as a study against its reference arm (the first).
 
-For every other arm and evaluation set: the paired difference to the reference in implant DSC and HD95, as a
+For every other arm and evaluation set: the paired difference to the reference in DSC and HD95 (of the implant,
+and of the completed skull when asked), as a
 mean over seeds with a 95% t-interval (seeds are the independent replicates), and a paired per-case test
 (Wilcoxon signed-rank on each case's score averaged over seeds); kappa and kappa_F of every arm on the
 evaluation sets (``fam-skull flatness``: does the regularizer lower them off the training set?); validation
@@ -32,7 +33,8 @@ from fam_skull.experiments.flatness import measure_flatness
 from fam_skull.fam.regularizer import OBJECTIVE_COLUMNS
 
 log = logging.getLogger("fam_skull.study")
-METRICS = (("dsc", "implant DSC", True), ("hd95", "implant HD95 (mm)", False))  # (key, name, higher is better)
+METRICS = (("dsc", "DSC", True), ("hd95", "HD95", False))  # (key, name, higher is better)
+TARGET_NAMES = {"implant": "implant", "complete": "completed skull"}
 
 
 @dataclass
@@ -45,12 +47,13 @@ class StudyRun:
     summary: dict
 
 
-def _per_case(summary: dict, set_name: str, metric: str) -> dict[str, float]:
-    return {r["case"]: r["implant"][metric] for r in summary["metric_per_case"] if r["set"] == set_name and "error" not in r}
+def _per_case(summary: dict, set_name: str, target: str, metric: str) -> dict[str, float]:
+    return {r["case"]: r[target][metric] for r in summary["metric_per_case"] if r["set"] == set_name and "error" not in r}
 
 
-def paired_differences(runs: list[StudyRun], reference: str, sets: Sequence[str]) -> list[dict]:
-    """Arm minus reference, per set and metric: mean over seeds with a 95% t-interval, and the per-case test."""
+def paired_differences(runs: list[StudyRun], reference: str, sets: Sequence[str], targets: Sequence[str] = ("implant",)) -> list[dict]:
+    """Arm minus reference, per set, target and metric: mean over seeds with a 95% t-interval, and the per-case
+    test."""
     by_arm: dict[str, dict[int, StudyRun]] = {}
     for r in runs:
         by_arm.setdefault(r.arm, {})[r.seed] = r
@@ -59,35 +62,34 @@ def paired_differences(runs: list[StudyRun], reference: str, sets: Sequence[str]
         if arm == reference:
             continue
         common = sorted(set(seeds) & set(by_arm[reference]))
-        for s in sets:
-            for metric, _, _ in METRICS:
-                diffs = [
-                    seeds[k].summary["sets"][s]["implant"][metric]["all"]["mean"]
-                    - by_arm[reference][k].summary["sets"][s]["implant"][metric]["all"]["mean"]
-                    for k in common
-                ]
-                n = len(diffs)
-                mean, low, high = mean_interval(diffs)
-                arm_cases = [_per_case(seeds[k].summary, s, metric) for k in common]
-                ref_cases = [_per_case(by_arm[reference][k].summary, s, metric) for k in common]
-                cases = sorted(set.intersection(*(set(c) for c in arm_cases + ref_cases))) if common else []
-                a = np.array([np.mean([c[i] for c in arm_cases]) for i in cases])
-                b = np.array([np.mean([c[i] for c in ref_cases]) for i in cases])
-                p = float(stats.wilcoxon(a, b).pvalue) if len(cases) > 1 and np.any(a != b) else float("nan")
-                rows.append(
-                    {
-                        "arm": arm,
-                        "set": s,
-                        "metric": metric,
-                        "seeds": n,
-                        "difference": mean,
-                        "ci_low": low,
-                        "ci_high": high,
-                        "cases": len(cases),
-                        "wilcoxon_p": p,
-                        "cases_better": float(np.mean(a > b) if metric == "dsc" else np.mean(a < b)) if len(cases) else float("nan"),
-                    }
-                )
+        for s, target, (metric, _, _) in ((s, t, m) for s in sets for t in targets for m in METRICS):
+            diffs = [
+                seeds[k].summary["sets"][s][target][metric]["all"]["mean"]
+                - by_arm[reference][k].summary["sets"][s][target][metric]["all"]["mean"]
+                for k in common
+            ]
+            mean, low, high = mean_interval(diffs)
+            arm_cases = [_per_case(seeds[k].summary, s, target, metric) for k in common]
+            ref_cases = [_per_case(by_arm[reference][k].summary, s, target, metric) for k in common]
+            cases = sorted(set.intersection(*(set(c) for c in arm_cases + ref_cases))) if common else []
+            a = np.array([np.mean([c[i] for c in arm_cases]) for i in cases])
+            b = np.array([np.mean([c[i] for c in ref_cases]) for i in cases])
+            p = float(stats.wilcoxon(a, b).pvalue) if len(cases) > 1 and np.any(a != b) else float("nan")
+            rows.append(
+                {
+                    "arm": arm,
+                    "set": s,
+                    "target": target,
+                    "metric": metric,
+                    "seeds": len(diffs),
+                    "difference": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "cases": len(cases),
+                    "wilcoxon_p": p,
+                    "cases_better": float(np.mean(a > b) if metric == "dsc" else np.mean(a < b)) if len(cases) else float("nan"),
+                }
+            )
     return rows
 
 
@@ -147,23 +149,25 @@ def _forest(rows: list[dict], sets, path: Path) -> None:
     plt = pyplot()
 
     arms = list(dict.fromkeys(r["arm"] for r in rows))
-    fig, axes = plt.subplots(len(METRICS), len(sets), figsize=(5.5 * len(sets), 0.45 * len(arms) * len(METRICS) + 2.5), squeeze=False)
-    for i, (metric, name, higher) in enumerate(METRICS):
+    panels = list(dict.fromkeys((r["target"], r["metric"]) for r in rows))
+    higher = {metric: up for metric, _, up in METRICS}
+    names = {metric: name for metric, name, _ in METRICS}
+    fig, axes = plt.subplots(len(panels), len(sets), figsize=(5.5 * len(sets), 0.45 * len(arms) * len(panels) + 2.5), squeeze=False)
+    for i, (target, metric) in enumerate(panels):
         for j, s in enumerate(sets):
             ax = axes[i][j]
-            sub = {r["arm"]: r for r in rows if r["set"] == s and r["metric"] == metric}
+            sub = {r["arm"]: r for r in rows if r["set"] == s and r["target"] == target and r["metric"] == metric}
             ys = np.arange(len(arms))[::-1]
             for y, arm in zip(ys, arms):
                 r = sub[arm]
-                good = (r["difference"] > 0) == higher
-                colour = "tab:green" if good else "tab:red"
+                colour = "tab:green" if (r["difference"] > 0) == higher[metric] else "tab:red"
                 if np.isfinite(r["ci_low"]):
                     ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colour, linewidth=2)
                 ax.plot(r["difference"], y, "o", color=colour)
             ax.axvline(0, color="black", linewidth=1)
             ax.set_yticks(ys, arms)
-            ax.set_title(f"{SET_NAMES.get(s, s)} ({s}): {name}")
-            ax.set_xlabel(f"arm minus reference ({'higher' if higher else 'lower'} is better)", fontsize=9)
+            ax.set_title(f"{SET_NAMES.get(s, s)} ({s}): {TARGET_NAMES[target]} {names[metric]}")
+            ax.set_xlabel(f"arm minus reference ({'higher' if higher[metric] else 'lower'} is better)", fontsize=9)
     fig.suptitle("Paired difference to the reference arm: mean over seeds, 95% interval (green: mean better, red: mean worse)")
     fig.tight_layout()
     save_figure(fig, path)
@@ -172,12 +176,12 @@ def _forest(rows: list[dict], sets, path: Path) -> None:
 def _curves(runs: list[StudyRun], path: Path) -> None:
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 2, figsize=(17, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(22, 4.8))
     arms = list(dict.fromkeys(r.arm for r in runs))
     colours = plt.get_cmap("tab10")
     for k, arm in enumerate(arms):
         histories = [_history(r.folder) for r in runs if r.arm == arm]
-        for key, ax in (("val_implant_dsc", axes[0]), (None, axes[1])):
+        for key, ax in (("task_loss", axes[0]), ("val_implant_dsc", axes[1]), (None, axes[2])):
             points: dict[int, list[float]] = {}
             for rows in histories:
                 column = key or next((c for c in OBJECTIVE_COLUMNS.values() if rows and c in rows[0]), None)
@@ -189,17 +193,19 @@ def _curves(runs: list[StudyRun], path: Path) -> None:
                 ax.plot(
                     epochs,
                     [np.mean(points[e]) for e in epochs],
-                    marker="o" if key else None,
+                    marker="o" if key == "val_implant_dsc" else None,
                     markersize=3,
                     color=colours(k % 10),
+                    linestyle="-" if k < 10 else "--",
                     label=arm,
                 )
-    axes[0].set(title="validation implant DSC (mean over seeds)", xlabel="epoch", ylabel="DSC")
-    axes[1].set(title="regularizer on training batches (each arm's own objective)", xlabel="epoch", ylabel="value (symlog)")
-    axes[1].set_yscale("symlog", linthresh=1e-3)
-    axes[0].legend(fontsize=8, loc="lower right")
-    if axes[1].get_lines():
-        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0].set(title="task loss on training batches (mean over seeds)", xlabel="epoch", ylabel="loss")
+    axes[1].set(title="validation implant DSC (mean over seeds)", xlabel="epoch", ylabel="DSC")
+    axes[2].set(title="regularizer on training batches (each arm's own objective)", xlabel="epoch", ylabel="value (symlog)")
+    axes[2].set_yscale("symlog", linthresh=1e-3)
+    axes[0].legend(fontsize=8, loc="upper right")
+    if axes[2].get_lines():
+        axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -217,6 +223,7 @@ def write_study(
     *,
     flatness_cases: int = 20,
     flatness_probes: int = 1,
+    targets: Sequence[str] = ("implant",),
 ) -> str:
     """Write the study's tables and figures into ``output``; returns the Markdown.
 
@@ -227,7 +234,7 @@ def write_study(
     if len(arms) < 2 or reference not in arms:
         raise ValueError(f"a study compares arms with the reference {reference!r}; got the arm(s) {arms}")
     output.mkdir(parents=True, exist_ok=True)
-    diffs = paired_differences(runs, reference, sets)
+    diffs = paired_differences(runs, reference, sets, targets)
     flat = flatness_on_sets(runs, manifest, sets, flatness_cases, flatness_probes)
     ratios = step_time_ratios(runs, reference)
     for name, rows in (("study_differences.csv", diffs), ("study_flatness.csv", flat)):
@@ -254,8 +261,9 @@ def write_study(
         digits = 4 if r["metric"] == "dsc" else 3
         interval = "n/a" if not np.isfinite(r["ci_low"]) else f"[{_fmt(r['ci_low'], digits)}, {_fmt(r['ci_high'], digits)}]"
         p = "n/a" if not np.isfinite(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.3g}"
+        metric = f"{TARGET_NAMES[r['target']]} {r['metric']}"
         lines.append(
-            f"| {r['arm']} | {r['set']} | {r['metric']} | {_fmt(r['difference'], digits)} | {interval} | {r['cases']} | {p} | "
+            f"| {r['arm']} | {r['set']} | {metric} | {_fmt(r['difference'], digits)} | {interval} | {r['cases']} | {p} | "
             f"{r['cases_better']:.0%} |"
         )
     lines += [

@@ -28,7 +28,7 @@ from data_prep.manifest import Manifest
 from fam_skull.common.checkpoint import load_checkpoint
 from fam_skull.common.paths import RunFolder, slug
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge, method_label
-from fam_skull.evaluate.evaluation import EvaluateOptions, evaluate
+from fam_skull.evaluate.evaluation import TARGETS, EvaluateOptions, evaluate
 from fam_skull.evaluate.report import QUALITY, paper_table
 from fam_skull.experiments.study import StudyRun, write_study
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA
@@ -58,6 +58,9 @@ class SweepConfig:
     min_component_mm3: float = MIN_COMPONENT_MM3
     sets: list[str] = field(default_factory=lambda: ["eval1", "eval2"])
     subset: int = 100
+    tables: list[str] = field(default_factory=lambda: ["implant"])  # targets of the paper tables: implant, complete
+    voxel_distances: bool = False  # also the tables with HD and HD95 in voxels of each case's grid (report_voxels/)
+    published_rows: dict = field(default_factory=dict)  # {label: {set: {metric: value}}}: a paper's rows, first table
 
 
 def load_sweep(path: str | Path | None = None, overrides: Sequence[str] = (), values: dict | None = None) -> tuple[SweepConfig, dict]:
@@ -71,6 +74,10 @@ def load_sweep(path: str | Path | None = None, overrides: Sequence[str] = (), va
         raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; a sweep config has 'sweep' and 'run'")
     merged = merge({"sweep": values.get("sweep") or {}, "run": values.get("run") or {}}, list(overrides))
     sweep = build_section(SweepConfig, merged["sweep"], "sweep.")
+    if not sweep.tables or set(sweep.tables) - set(TARGETS):
+        raise ConfigError(f"sweep.tables: one or more of {', '.join(TARGETS)}, got {sweep.tables}")
+    if any(not isinstance(v, dict) or not all(isinstance(m, dict) for m in v.values()) for v in sweep.published_rows.values()):
+        raise ConfigError(f"sweep.published_rows: expected {{label: {{set: {{metric: value}}}}}}, got {sweep.published_rows}")
     if any(lam < 0 for lam in sweep.lams):
         raise ConfigError(f"sweep.lams: every lambda must be >= 0, got {sweep.lams}")
     arms = _arms(sweep)
@@ -180,18 +187,35 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
         folders[name] = RunFolder(run_dir).predictions
     multi_seed = len(config.seeds) > 1
     names = {name: (f"{label}, seed {seed}" if multi_seed else label) for name, (label, seed) in labels.items()}
-    result = evaluate(
-        EvaluateOptions(
-            [f"{names[n]}={folders[n]}" for n in names], manifest.path, out / "report", tuple(config.sets), config.subset, quiet=quiet
+    reports = {"mm": out / "report"} | ({"voxels": out / "report_voxels"} if config.voxel_distances else {})
+    tables: list[str] = []
+    in_mm: dict = {}
+    for units, folder in reports.items():
+        result = evaluate(
+            EvaluateOptions(
+                [f"{names[n]}={folders[n]}" for n in names],
+                manifest.path,
+                folder,
+                tuple(config.sets),
+                config.subset,
+                units=units,
+                quiet=quiet,
+            )
         )
-    )
-    grouped: dict[str, list] = {}
-    for name, (label, _) in labels.items():
-        grouped.setdefault(label, []).append(result.summaries[names[name]])
-    md, text = paper_table(grouped, config.sets, "implant")
-    quality, _ = paper_table(grouped, config.sets, "implant", QUALITY, subsets=False)
-    atomic_write_text(out / "report" / "sweep_table.md", md)
-    atomic_write_text(out / "report" / "sweep_table.csv", text)
+        grouped: dict[str, list] = {}
+        for name, (label, _) in labels.items():
+            grouped.setdefault(label, []).append(result.summaries[names[name]])
+        for i, target in enumerate(config.tables):
+            md, text = paper_table(grouped, config.sets, target, published=config.published_rows if i == 0 else None)
+            stem = "sweep_table" + ("" if i == 0 else f"_{target}") + ("" if units == "mm" else "_voxels")
+            atomic_write_text(out / "report" / f"{stem}.md", md)
+            atomic_write_text(out / "report" / f"{stem}.csv", text)
+            what = {"implant": "implants", "complete": "completed skulls"}[target]
+            tables += [f"## Paper table ({what}{'' if units == 'mm' else ', HD and HD95 in voxels'}, mean ± std over seeds)", "", md]
+        if units == "mm":
+            in_mm = result.summaries
+            quality, _ = paper_table(grouped, config.sets, "implant", QUALITY, subsets=False)
+            tables += ["## Implant quality (mean ± std over seeds)", "", quality]
     curves = []
     for name in names:
         src = RunFolder(out / "runs" / name).curves
@@ -200,11 +224,14 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
             curves += [f"### {names[name]}", "", f"![training curves](curves_{slug(name)}.png)", ""]
     report = out / "report" / "report.md"
     head = ["# fam-skull report", "", f"Runs: {len(names)}; seeds: {config.seeds}.", ""]
-    if multi_seed:  # with one seed the evaluation's own table below is this table
-        head += ["## Paper table (implants, mean ± std over seeds)", "", md, "## Implant quality (mean ± std over seeds)", "", quality]
+    if multi_seed or config.published_rows or config.voxel_distances:  # else the evaluation's own tables below are these
+        head += tables
     if config.study:
-        runs = [StudyRun(labels[n][0], labels[n][1], out / "runs" / n, result.summaries[names[n]]) for n in coarse]
-        head += [write_study(runs, runs[0].arm, manifest.path, config.sets, out / "report", flatness_cases=config.study_flatness_cases), ""]
+        runs = [StudyRun(labels[n][0], labels[n][1], out / "runs" / n, in_mm[names[n]]) for n in coarse]
+        study = write_study(
+            runs, runs[0].arm, manifest.path, config.sets, out / "report", flatness_cases=config.study_flatness_cases, targets=config.tables
+        )
+        head += [study, ""]
     head += ["## Training curves", "", *curves]
     atomic_write_text(report, "\n".join(head) + "\n" + report.read_text())
-    return SweepResult(out, md, {names[n]: str(out / "runs" / n) for n in names})
+    return SweepResult(out, (out / "report" / "sweep_table.md").read_text(), {names[n]: str(out / "runs" / n) for n in names})

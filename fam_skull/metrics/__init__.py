@@ -2,6 +2,7 @@
 (:mod:`.monai_metrics`, imported on its own so the command line stays free of torch)."""
 
 from fam_skull.metrics.surface import (
+    BOUNDARY_MM,
     EMPTY_POLICIES,
     METRICS,
     boundary_dice,
@@ -11,4 +12,4 @@ from fam_skull.metrics.surface import (
     surface_distances,
 )
 
-__all__ = ["EMPTY_POLICIES", "METRICS", "boundary_dice", "compute_metrics", "dice", "implant_scores", "surface_distances"]
+__all__ = ["BOUNDARY_MM", "EMPTY_POLICIES", "METRICS", "boundary_dice", "compute_metrics", "dice", "implant_scores", "surface_distances"]

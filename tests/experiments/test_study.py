@@ -60,7 +60,7 @@ def test_study_of_two_arms_over_two_seeds(tmp_path, manifest):
     assert all(float(f["value"]) >= 0 for f in flat if f["objective"] == "fisher")
     for name in ("study_forest.png", "study_curves.png", "study.md"):
         assert (report / name).is_file()
-    assert "| fisher | eval1 | dsc |" in (report / "report.md").read_text()
+    assert "| fisher | eval1 | implant dsc |" in (report / "report.md").read_text()
 
 
 def test_flatness_cache_follows_the_weights(tmp_path, manifest, trained_run, monkeypatch):
