@@ -123,13 +123,22 @@ def _nifti_problem(path: Path) -> str | None:
     return None
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a 3D scalar volume.
+def read_image(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a 3D scalar volume: a file, or a folder of DICOM slices (:mod:`data_prep.dicom`; ``series``: the
+    SeriesInstanceUID to read when the folder holds several).
 
     Raises:
-        VolumeError: missing, unreadable or truncated file; not 3D (2D, a single slice, or 4D); NaN voxels.
+        VolumeError: missing, unreadable or truncated file; not 3D (2D, a single slice, or 4D); NaN voxels; a DICOM
+            folder whose series is ambiguous or not a regular grid.
     """
     path = Path(path)
+    if path.is_dir():
+        from data_prep.dicom import read_dicom_series  # imports this module
+
+        image = read_dicom_series(path, series)
+        if min(image.GetSize()) < 2:
+            raise VolumeError(f"{path}: the series is {image.GetSize()} voxels, not a 3D volume")
+        return image
     if not path.is_file():
         raise VolumeError(f"{path}: file not found")
     try:

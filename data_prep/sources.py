@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.dicom import is_dicom_folder
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SOURCES = ("skullbreak", "skullfix", "complete", "pairs", "synthetic")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -59,7 +61,10 @@ def check_id(case_id: str) -> str:
 
 
 def stem(path: Path) -> str:
+    """A volume's name without its suffix; a DICOM folder's name."""
     name = path.name
+    if path.is_dir():
+        return name
     for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -67,8 +72,11 @@ def stem(path: Path) -> str:
 
 
 def volumes(folder: Path) -> list[Path]:
-    """Volume files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(VOLUME_SUFFIXES))
+    """The volumes directly in ``folder``, sorted by name: volume files, and sub-folders of DICOM slices (one scan
+    each); a folder that is itself a DICOM series is that one scan."""
+    if is_dicom_folder(folder):
+        return [folder]
+    return sorted(p for p in folder.iterdir() if (p.is_file() and p.name.endswith(VOLUME_SUFFIXES)) or is_dicom_folder(p))
 
 
 def _partner(folder: Path, name: str) -> Path | None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from data_prep.defects import DEFECT_TYPES
-from fam_skull.fam.flatness import Estimator, Objective
+from fam_skull.fam.flatness import PUBLISHED_MAX_PROBES, Estimator, Objective
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA, DEFAULT_OBJECTIVE, Reduction
 from fam_skull.fam.sam import DEFAULT_RHO
 
@@ -109,6 +109,7 @@ class FAMConfig:
     objective: Objective = DEFAULT_OBJECTIVE  # fisher (Gauss-Newton, >= 0) | kappa | published (the authors' ||W|| Tr(H)) | l2 (control)
     estimator: Estimator = "hutchinson"  # hutchinson | exact
     probes: int = _limited(1, "> 0")
+    trace_probes: int = _limited(PUBLISHED_MAX_PROBES, "> 0")  # published only: the most probes of its Tr(H) estimate
     every: int = _limited(1, "> 0")
     scale_lambda: bool = True
     warmup_steps: int = _limited(0, ">= 0")

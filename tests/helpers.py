@@ -95,3 +95,50 @@ def refusal_test(table: dict):
         assert folders["file"].read_text() == "not a folder"
 
     return test_bad_arguments_are_refused_before_any_work
+
+
+def write_series(
+    image: sitk.Image,
+    folder: Path,
+    uid: str = "1.2.826.0.1.3680043.2.1125.7",
+    description: str = "CT head",
+    prefix: str = "s",
+    skip=(),
+    duplicate: int | None = None,
+    tilt_mm: float = 0.0,
+    jitter: dict | None = None,
+    keep=None,
+) -> Path:
+    """Write a 3D image as a CT DICOM series, one file per axial slice, as a scanner exports it; damaged on request:
+    slices left out (``skip``, or all but ``keep``), one written twice, each shifted ``tilt_mm`` further along the
+    rows (gantry tilt), or moved along the normal by ``jitter[k]`` mm."""
+    folder.mkdir(parents=True, exist_ok=True)
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    normal = d[:, 2]
+    orientation = "\\".join(f"{v:.8f}" for v in [*d[:, 0], *d[:, 1]])
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetSize()[2]):
+        if k in skip or (keep is not None and k not in keep):
+            continue
+        position = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * tilt_mm * d[:, 0] + (jitter or {}).get(k, 0.0) * normal
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            "0008|0018": f"{uid}.{k + 1}",
+            "0008|0060": "CT",
+            "0008|103e": description,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.99",
+            "0020|000e": uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": orientation,
+            "0028|1052": "0",
+            "0028|1053": "1",
+        }
+        piece = image[:, :, k]
+        for key, value in tags.items():
+            piece.SetMetaData(key, value)
+        for copy in range(2 if k == duplicate else 1):
+            writer.SetFileName(str(folder / f"{prefix}{k:04d}{'_copy' if copy else ''}.dcm"))
+            writer.Execute(piece)
+    return folder

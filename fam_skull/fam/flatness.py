@@ -185,12 +185,13 @@ def _gauss_newton_form(outputs: torch.Tensor, weight: torch.Tensor, u: torch.Ten
     return ((p * jv * jv).sum(1) - (p * jv).sum(1) ** 2).mean()
 
 
-def _published(loss: torch.Tensor, weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _published(loss: torch.Tensor, weight: torch.Tensor, generator: torch.Generator | None, max_probes: int) -> torch.Tensor:
     """The FAM authors' skull regularizer: ||W||_F * T, T a Rademacher Hutchinson estimate of Tr(H) of the layer
-    (probes until the running mean changes by less than 1e-4 relative, at most 200), rebuilt as a constant."""
+    (probes until the running mean changes by less than 1e-4 relative, at most ``max_probes``: the authors' 200),
+    rebuilt as a constant."""
     (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
     total, mean = 0.0, None
-    for n in range(1, PUBLISHED_MAX_PROBES + 1):
+    for n in range(1, max_probes + 1):
         z = _random(tuple(weight.shape), weight, generator, rademacher=True)
         (hz,) = torch.autograd.grad(grad_w, weight, grad_outputs=z, retain_graph=True)
         total += float((hz * z).sum())
@@ -209,6 +210,7 @@ def flatness_of_loss(
     generator: torch.Generator | None = None,
     objective: Objective = "kappa",
     outputs: torch.Tensor | None = None,
+    trace_probes: int = PUBLISHED_MAX_PROBES,
 ) -> torch.Tensor:
     """The ``objective`` of ``ref``'s weight for an already computed ``loss`` (its graph is kept for
     ``loss.backward()``).
@@ -217,8 +219,8 @@ def flatness_of_loss(
         ``kappa``: relative flatness sum_{s,s'} <w_s, w_s'> Tr(H_{s,s'}) of the task loss's Hessian (third-order
         gradient). ``fisher``: the same with H replaced by the Gauss-Newton matrix of the mean voxel-wise
         cross-entropy of the output distribution (>= 0, rescaling invariant, second-order gradient; needs
-        ``outputs``, the logits). ``published``: the authors' ||W||_F * Tr(H) estimate, whose gradient is
-        T * W / ||W||_F (not rescaling invariant). ``l2``: ||W||_F^2, a weight decay on the layer alone.
+        ``outputs``, the logits). ``published``: the authors' ||W||_F * Tr(H) estimate (at most ``trace_probes``
+        probes), whose gradient is T * W / ||W||_F (not rescaling invariant). ``l2``: ||W||_F^2, a weight decay on the layer alone.
 
     ``"exact"`` sums the quadratic forms of min(d, m) * m directions (small layers, tests); ``"hutchinson"``
     averages ``probes`` unbiased samples whose gradient is unbiased too (see :func:`_directions`).
@@ -237,7 +239,7 @@ def flatness_of_loss(
     if objective == "l2":
         return (weight * weight).sum()
     if objective == "published":
-        return _published(loss, weight, generator)
+        return _published(loss, weight, generator, trace_probes)
     if objective == "fisher":
         if outputs is None:
             raise ValueError("objective 'fisher' needs the network's outputs (logits)")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fam_skull.fam.convs import decompose_convs, restore_convs
-from fam_skull.fam.flatness import OBJECTIVES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
+from fam_skull.fam.flatness import OBJECTIVES, PUBLISHED_MAX_PROBES, Estimator, Objective, flatness_of_loss, resolve_layer, unwrap
 from fam_skull.fam.norms import decompose_norms, independent_of, restore_modules
 
 # The one default objective and lambda (config, this class, the docs), chosen by the seeded study (docs/study): kappa
@@ -49,6 +49,7 @@ class FAMRegularizer:
         lam: regularization strength lambda (>= 0).
         estimator: ``"hutchinson"`` (default, unbiased) or ``"exact"``.
         probes: Hutchinson probes per active step (budget is better spent on frequency than probes).
+        trace_probes: ``published`` only: the most probes of its Tr(H) estimate (the authors': 200).
         every: apply FAM on every k-th step only.
         scale_lambda: multiply lambda by ``every`` on active steps so the time-averaged gradient matches
             FAM on every step.
@@ -84,6 +85,7 @@ class FAMRegularizer:
         *,
         estimator: Estimator = "hutchinson",
         probes: int = 1,
+        trace_probes: int = PUBLISHED_MAX_PROBES,
         every: int = 1,
         scale_lambda: bool = True,
         warmup_steps: int = 0,
@@ -99,14 +101,17 @@ class FAMRegularizer:
             _check_chunkable(model, chunk, objective, loss_reduction)
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
-        if every < 1 or probes < 1 or warmup_steps < 0:
-            raise ValueError(f"every and probes must be >= 1 and warmup_steps >= 0 (got {every}, {probes}, {warmup_steps})")
+        if every < 1 or probes < 1 or trace_probes < 1 or warmup_steps < 0:
+            raise ValueError(
+                f"every, probes and trace_probes must be >= 1 and warmup_steps >= 0 (got {every}, {probes}, {trace_probes}, {warmup_steps})"
+            )
         self.model = model
         self.ref = resolve_layer(model, layer)
         self.lam = lam
         self.estimator = estimator
         self.objective = objective
         self.probes = probes
+        self.trace_probes = trace_probes
         self.every = every
         self.scale_lambda = scale_lambda
         self.warmup_steps = warmup_steps
@@ -172,6 +177,7 @@ class FAMRegularizer:
             generator=self.generator,
             objective=self.objective,
             outputs=outputs,
+            trace_probes=self.trace_probes,
         )
 
     def chunked(self, batch: int) -> bool:

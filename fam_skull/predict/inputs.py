@@ -65,6 +65,7 @@ def manifest_cases(path: Path, roles: Sequence[str], grid: Sequence[int]) -> lis
 
 
 def file_cases(paths: Sequence[Path], grid: Sequence[int], input_kind: str = "auto", threshold: float = BONE_HU) -> list[CaseInput]:
-    """Defective skull files (any format SimpleITK reads), a folder standing for the volumes in it."""
+    """Defective skull files (any format SimpleITK reads) or DICOM folders, a folder of them standing for the
+    volumes in it."""
     files = [f for p in map(Path, paths) for f in (volumes(p) if p.is_dir() else [p])]
     return [CaseInput(safe_id(stem(f)), str(f), partial(load_file, f, grid, input_kind, threshold)) for f in files]

@@ -130,6 +130,7 @@ def regularizer(config: Config, net: torch.nn.Module, steps: int, rank: int) -> 
             f.lam,
             estimator=f.estimator,
             probes=f.probes,
+            trace_probes=f.trace_probes,
             every=f.every,
             scale_lambda=f.scale_lambda,
             warmup_steps=f.warmup_steps,
