@@ -123,3 +123,43 @@ def synthetic_skull(
         radial = np.sqrt(qx**2 + (qy + 30.0) ** 2)
         mask |= (np.sqrt((radial - 45.0) ** 2 + (qz + 80.0) ** 2) < 7.0) & (qy < -30.0)
     return mask, spacing, origin
+
+
+def synthetic_ct(
+    seed: int, shape: tuple[int, int, int] = (96, 96, 64), fov: tuple[float, float, float] = FIELD_OF_VIEW, table: bool = True
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], tuple[float, ...]]:
+    """A head CT (int16 HU) around :func:`synthetic_skull`, for the skull extraction: air (-1000), a head of soft
+    tissue (40) with a neck down to the edge of the field of view, brain (30), bone (1000 +- 150), noise (sd 20),
+    a metal screw head (3500) on the vertex, bright specks in the air, and (``table``) a 10 mm scanner table of
+    bone-like density (400), 14 mm thick, pressed against the occiput (touching the bone, the scalp squeezed away)
+    and larger than the skull.
+
+    Returns:
+        (hu, skull, spacing_mm, origin_mm): the skull is the truth the extraction should find (metal excluded).
+    """
+    from scipy import ndimage
+
+    skull, spacing, origin = synthetic_skull(seed, shape, fov)
+    (x, y, z), _, _ = grid_coordinates(shape, fov)
+    rng = np.random.default_rng(seed + 7919)
+    idx = np.argwhere(skull)
+    lo, hi = idx.min(0) * spacing + origin, idx.max(0) * spacing + origin
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 + 7.0
+    head = ((x - centre[0]) / half[0]) ** 2 + ((y - centre[1]) / half[1]) ** 2 + ((z - centre[2]) / half[2]) ** 2 <= 1
+    head |= ndimage.distance_transform_edt(~skull, sampling=spacing) <= 6.0
+    head |= ((x - centre[0]) / 45.0) ** 2 + ((y - centre[1] - 20.0) / 40.0) ** 2 <= 1  # the neck, as tall as the scan
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[head] = 40.0
+    hu[ndimage.binary_erosion(head, iterations=3) & ~skull] = 30.0
+    hu[skull] = rng.normal(1000.0, 150.0, int(skull.sum())).clip(400, 1800)
+    if table:
+        back = float(np.max(np.where(skull, y, -np.inf)))  # the skull's most posterior point (LPS: +y posterior)
+        hu[np.broadcast_to((y >= back - 1.0) & (y <= back + 13.0), shape) & ~skull] = 400.0
+    top = idx[np.argmax(idx[:, 2])] * spacing + origin
+    screw = (x - top[0]) ** 2 + (y - top[1]) ** 2 + (z - top[2] - 2.0) ** 2 <= 3.0**2
+    hu[screw] = 3500.0
+    air = np.argwhere(hu < -900)
+    specks = air[rng.choice(len(air), 40, replace=False)]
+    hu[tuple(specks.T)] = 300.0
+    hu += rng.normal(0.0, 20.0, shape).astype(np.float32)
+    return hu.round().astype(np.int16), skull & ~screw, spacing, origin

@@ -189,7 +189,7 @@ def _read_mask(path: Path, layout: Layout, opts: PrepareOptions, largest: bool) 
     mismatch = Geometry.of(image).mismatch(layout.original)
     if mismatch:
         raise VolumeError(f"{path}: {mismatch}, its partner's; the pair must share one grid")
-    mask = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path))
+    mask = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(path), layout.canonical.spacing)
     return largest_component(mask) if largest else mask
 
 
@@ -209,7 +209,7 @@ def load_complete(case: SourceCase, opts: PrepareOptions) -> tuple[Layout, np.nd
     layout = Layout.plan(image, opts.grid, opts.axial_slices)
     if case.synthetic_seed is not None:
         return layout, layout.canonical_array(image).astype(bool), {"synthetic_seed": case.synthetic_seed}
-    complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(case.complete))
+    complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(case.complete), layout.canonical.spacing)
     complete = largest_component(complete) if opts.keep_largest else complete
     return layout, complete, {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
 

@@ -19,8 +19,11 @@ BONE_HU = 150.0  # CT voxels at or above this (Hounsfield units) are bone
 CANONICAL = "LPS"  # DICOM convention: +x to patient Left, +y Posterior, +z Superior; identity direction
 
 
-def binarize(array: np.ndarray, kind: str = "auto", threshold: float = BONE_HU, name: str = "volume") -> np.ndarray:
-    """A bone mask: nonzero voxels of a mask, or voxels >= ``threshold`` HU of a CT.
+def binarize(
+    array: np.ndarray, kind: str = "auto", threshold: float = BONE_HU, name: str = "volume", spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """A bone mask: nonzero voxels of a mask, or voxels >= ``threshold`` HU of a CT; with the CT's ``spacing``, its
+    skull (:func:`data_prep.ct.skull_from_ct`: metal, the table and loose pieces taken away).
 
     ``kind="auto"`` treats a volume with negative values as CT.
 
@@ -32,6 +35,13 @@ def binarize(array: np.ndarray, kind: str = "auto", threshold: float = BONE_HU, 
     if kind not in ("auto", "mask", "ct"):
         raise ValueError(f"kind must be 'auto', 'mask' or 'ct', got {kind!r}")
     is_ct = kind == "ct" or (kind == "auto" and array.min() < 0)
+    if is_ct and spacing is not None:
+        from data_prep.ct import skull_from_ct  # imports this module
+
+        try:
+            return skull_from_ct(array, spacing, threshold).skull
+        except VolumeError as e:
+            raise VolumeError(f"{name}: {e}") from None
     mask = array >= threshold if is_ct else array != 0
     if not mask.any():
         raise VolumeError(

@@ -314,6 +314,44 @@ def _run_export(args) -> int:
     return 0
 
 
+def _implant_parser(p: argparse.ArgumentParser) -> None:
+    from fam_skull.printing.options import ImplantOptions
+
+    d = ImplantOptions(scan=Path("."), run=Path("."), output=Path("."))
+    p.add_argument("scan", type=Path, help="a DICOM folder, NIfTI or NRRD: a CT (HU) or a skull mask")
+    p.add_argument("--run", type=Path, required=True, help="a trained run (a refinement run brings its coarse run)")
+    p.add_argument("--output", type=Path, required=True, help="folder for the implant, mesh and report")
+    p.add_argument("--series", default=None, help="SeriesInstanceUID to read when the DICOM folder holds several")
+    p.add_argument("--input-kind", choices=["auto", "ct", "mask"], default=d.input_kind, help="auto: negative values mean CT")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="bone threshold in HU (default %(default)s)")
+    p.add_argument("--checkpoint", default=d.checkpoint, help="best, last, epoch_NNNN or a .pt path")
+    p.add_argument("--stage", choices=["coarse", "refined"], default=None, help="default: refined for a refinement run")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--frame", choices=["LPS", "RAS"], default=d.frame, help="mesh coordinates (default LPS, as DICOM and 3D Slicer files)")
+    p.add_argument("--smoothing", type=int, default=d.smoothing, help="Taubin smoothing passes of the mesh (0: none)")
+    p.add_argument("--faces", type=int, default=None, help="decimate the mesh to about this many triangles")
+    p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="implant pieces smaller than this are removed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
+
+
+def _run_implant(args) -> int:
+    from fam_skull.printing.options import ImplantOptions
+    from fam_skull.printing.scan import implant
+
+    result = implant(ImplantOptions(**{k: v for k, v in vars(args).items() if k in ImplantOptions.__dataclass_fields__}))
+    r = result.report
+    if r["implant"]:
+        print(
+            f"implant {r['volume_ml']:.2f} ml, {r['surface_area_cm2']:.1f} cm2, thickness {r['thickness_mm']['min']:.1f}-"
+            f"{r['thickness_mm']['mean']:.1f} mm (min-mean), overlap {r['overlap_ml']:.3f} ml, largest seam "
+            f"{'>= ' if r['seam_at_least'] else ''}{r['largest_seam_mm']:.1f} mm"
+        )
+    else:
+        print("no implant: the skull shows no defect the network fills")
+    print(f"report: {result.output / 'report.json'} and report.png; mesh: {result.output / 'implant.stl'}")
+    return 0
+
+
 COMMANDS = {  # name: (help, parser builder, runner)
     "prepare": ("preprocess skulls, make defects, write a dataset manifest", _prepare_parser, _run_prepare),
     "train": ("train baseline, FAM or SAM from a YAML config", _train_parser, _run_train),
@@ -323,6 +361,7 @@ COMMANDS = {  # name: (help, parser builder, runner)
     "demo": ("the whole pipeline on synthetic skulls, on a CPU, in minutes", _demo_parser, _run_demo),
     "flatness": ("kappa of a trained model's FAM layer over a dataset, with a 95%% interval", _flatness_parser, _run_flatness),
     "export": ("a trained coarse run as a MONAI bundle (python -m monai.bundle run)", _export_parser, _run_export),
+    "implant": ("one scan (DICOM, NIfTI, NRRD; CT or mask) to a printable implant mesh and its report", _implant_parser, _run_implant),
 }
 
 

@@ -36,7 +36,8 @@ def load_file(path: Path, grid: Sequence[int], input_kind: str = "auto", thresho
     """
     image = read_image(path)
     layout = Layout.plan(image, grid)
-    canonical = largest_component(binarize(layout.canonical_array(image), input_kind, threshold, str(path)))
+    mask = binarize(layout.canonical_array(image), input_kind, threshold, str(path), layout.canonical.spacing)
+    canonical = largest_component(mask)
     return layout.to_grid(canonical), layout, canonical
 
 

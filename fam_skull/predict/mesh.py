@@ -10,15 +10,12 @@ since 4.11, writes and reads mesh files in LPS, following a ``SPACE=LPS``/``SPAC
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
 from data_prep.io import atomic_write_bytes
-
-Frame = Literal["LPS", "RAS"]
-SMOOTHING_ITERATIONS = 10  # Taubin passes (lambda 0.5, mu -0.53): removes the voxel steps, keeps the volume
+from fam_skull.predict.options import SMOOTHING_ITERATIONS, Frame
 
 
 class MeshError(ValueError):
@@ -79,6 +76,11 @@ def write_stl(
 ) -> int:
     """A binary STL of ``mask``'s surface (:func:`surface_mesh`), written atomically; returns the triangle count."""
     mesh = surface_mesh(mask, image, frame=frame, smoothing=smoothing, faces=faces)
+    save_stl(mesh, path, frame)
+    return len(mesh.faces)
+
+
+def save_stl(mesh, path: Path, frame: Frame) -> None:
+    """``mesh`` as a binary STL, written atomically, its header naming the frame (``SPACE=LPS``, as 3D Slicer reads it)."""
     header = f"fam-skull mm SPACE={frame}".encode().ljust(80, b" ")  # binary STL: an 80-byte header, then the triangles
     atomic_write_bytes(path, header + mesh.export(file_type="stl")[80:])
-    return len(mesh.faces)

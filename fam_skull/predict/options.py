@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from data_prep.preprocess import BONE_HU
 
 # implant pieces smaller than this are resampling slivers along the rim (predict, export, sweep, the bundle)
 MIN_COMPONENT_MM3 = 100.0
+Frame = Literal["LPS", "RAS"]  # the patient frame of a mesh's millimetres (fam_skull.predict.mesh)
+SMOOTHING_ITERATIONS = 10  # Taubin passes (lambda 0.5, mu -0.53) of a mesh: removes the voxel steps, keeps the volume
 
 
 @dataclass

@@ -29,7 +29,7 @@ from data_prep.io import VolumeError, atomic_write_text, file_stamp, read_json, 
 from data_prep.preprocess import Layout
 from data_prep.progress import progress
 from fam_skull.common.paths import PredictionFolder
-from fam_skull.config import RefineConfig, method_label
+from fam_skull.config import Config, RefineConfig, method_label
 from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, scan_probability
 from fam_skull.networks.trained import load_run
 from fam_skull.predict.inputs import CaseInput, file_cases, manifest_cases
@@ -130,6 +130,39 @@ def predict_cases(
     return PredictResult(output, predicted, reused, failed)
 
 
+def load_predictor(
+    run: Path,
+    checkpoint: str = "best",
+    device: str = "auto",
+    stage: str | None = None,
+    roi_size: Sequence[int] | None = None,
+    min_component_mm3: float = MIN_COMPONENT_MM3,
+) -> tuple[Predictor, Config, tuple[int, ...], list[Path], str]:
+    """The :class:`Predictor` of a trained run (a refinement run brings its coarse run), its config, grid, the
+    checkpoints it was loaded from and the stage it runs (default: refined for a refinement run, else coarse).
+
+    Raises:
+        ValueError: a stage the run does not have, or ``roi_size`` for a network that needs the whole grid.
+        ConfigError, CheckpointError: the run cannot be loaded.
+    """
+    torch_device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    model, config, grid, ckpt = load_run(run, checkpoint, torch_device)
+    stage = stage or ("refined" if config.stage == "refine" else "coarse")
+    if stage not in STAGES or (stage == "refined" and config.stage != "refine"):
+        raise ValueError(f"stage: {stage!r} needs one of {', '.join(STAGES)}; 'refined' needs a refinement run (stage: refine)")
+    if roi_size is not None and config.model.name == "linear_ae":
+        raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
+    checkpoints = [ckpt]
+    predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3)
+    if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
+        coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, torch_device)
+        predictor.coarse, checkpoints = coarse, [coarse_ckpt]
+        if stage == "refined":
+            predictor.refiner, predictor.refine = model, config.refine
+            checkpoints.append(ckpt)
+    return predictor, config, grid, checkpoints, stage
+
+
 def predict(opts: PredictOptions) -> PredictResult:
     """Predict every case of ``opts`` (a manifest's roles and/or files) with a trained run.
 
@@ -139,27 +172,15 @@ def predict(opts: PredictOptions) -> PredictResult:
         FolderError: the output folder is a file, not writable, or in use by another process.
     """
     with claim(opts.output, "predict"):
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device)
-        model, config, grid, ckpt = load_run(opts.run, opts.checkpoint, device)
-        stage = opts.stage or ("refined" if config.stage == "refine" else "coarse")
-        if stage not in STAGES or (stage == "refined" and config.stage != "refine"):
-            raise ValueError(f"stage: {stage!r} needs one of {', '.join(STAGES)}; 'refined' needs a refinement run (stage: refine)")
-        if opts.roi_size is not None and config.model.name == "linear_ae":
-            raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
-        checkpoints = [ckpt]
-        predictor = Predictor(model, device, roi_size=opts.roi_size, min_component_mm3=opts.min_component_mm3)
-        if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
-            coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, device)
-            predictor.coarse, checkpoints = coarse, [coarse_ckpt]
-            if stage == "refined":
-                predictor.refiner, predictor.refine = model, config.refine
-                checkpoints.append(ckpt)
+        predictor, config, grid, checkpoints, stage = load_predictor(
+            opts.run, opts.checkpoint, opts.device, opts.stage, opts.roi_size, opts.min_component_mm3
+        )
         cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
             opts.files, grid, opts.input_kind, opts.threshold
         )
         about = {
             "run": str(Path(opts.run).resolve()),
-            "checkpoint": str(ckpt),
+            "checkpoint": str(checkpoints[-1]),
             "weights": {"checkpoints": [file_stamp(c) for c in checkpoints], "stage": stage},
             "stage": stage,
             "method": method_label(config),
