@@ -4,11 +4,12 @@
 2. The head: everything denser than air (> -300 HU) is opened with a 12 mm ball on a ~2 mm working grid, which
    cuts off whatever is thinner than 24 mm (the scanner table, a headrest, a pad, cables) where it touches the head;
    of the pieces left, the head is the one with the most soft tissue (-300..150 HU), so a table that is larger than
-   the head, or does not touch it, is not chosen either.
+   the head, or does not touch it, is not chosen either. The head is then grown back by the same 12 mm within the
+   body, so that the face, the nose and the ears the opening shaved are kept (and the table's first 12 mm too).
 3. A table of bone-like density pressed against the skull: dense material (>= 150 HU) opened with a 5 mm ball (on a
-   ~1 mm grid) keeps plates thicker than 10 mm; those of its pieces that reach outside the head are the table, taken
-   away whole, with the part the head opening left attached. (Bone thicker than 10 mm in the patch where the head
-   rests on such a table can go with it; tables below 150 HU, the usual carbon and foam, never reach this step.)
+   ~1 mm grid; 1.5 slices for thicker slices) keeps plates thicker than 10 mm; those of its pieces that reach
+   outside the head are the table, taken away whole. (Bone thicker than 10 mm in the patch where the head rests on
+   such a table can go with it; tables below 150 HU, the usual carbon and foam, never reach this step.)
 4. Bone (>= 150 HU) inside the head, and of it the largest 26-connected piece: this drops beam-hardening specks,
    and the cervical spine and the mandible wherever they do not touch the skull.
 
@@ -70,7 +71,8 @@ def head_mask(hu: np.ndarray, spacing, opening_mm: float = OPENING_MM) -> np.nda
         )
     soft = (coarse > AIR_HU) & (coarse < BONE_HU)
     head = labels == int(np.argmax(ndimage.sum(soft, labels, index=np.arange(1, n + 1)))) + 1
-    return _expand(head, step, hu.shape) & (hu > AIR_HU)
+    grown = ndimage.distance_transform_edt(~head, sampling=spacing * step) <= opening_mm
+    return _expand(grown, step, hu.shape) & (hu > AIR_HU)
 
 
 def dense_table(dense: np.ndarray, head: np.ndarray, spacing) -> np.ndarray:
@@ -80,7 +82,7 @@ def dense_table(dense: np.ndarray, head: np.ndarray, spacing) -> np.ndarray:
         return np.zeros_like(dense)
     step = _steps(spacing, TABLE_WORKING_MM)
     sub = (slice(None, None, step[0]), slice(None, None, step[1]), slice(None, None, step[2]))
-    labels, n = ndimage.label(_opening(dense[sub], TABLE_MM, spacing * step))
+    labels, n = ndimage.label(_opening(dense[sub], max(TABLE_MM, 1.5 * float(spacing.max())), spacing * step))
     outside = np.unique(labels[labels.astype(bool) & ~head[sub]])
     return _expand(np.isin(labels, outside[outside > 0]), step, dense.shape) & dense
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -42,3 +43,16 @@ def run_jobs(
                 yield result
     finally:
         bar.close()
+
+
+def peak_memory_mib(reset: bool = True) -> float | None:
+    """This process's peak resident memory (MiB) since the last reset, then reset (Linux: VmHWM of
+    /proc/self/status, reset through /proc/self/clear_refs); None where the kernel does not tell."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak = next(float(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+        if reset:
+            Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, StopIteration, ValueError):
+        return None
+    return peak

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from data_prep.io import atomic_write_bytes
 from fam_skull.predict.options import SMOOTHING_ITERATIONS, Frame
+
+BLUR_VOXELS = 0.5  # keeps plates of one voxel (thinner), drops single loose voxels
 
 
 class MeshError(ValueError):
@@ -44,10 +47,12 @@ def surface_mesh(
         raise ValueError(f"frame: LPS or RAS, got {frame!r}")
     if not mask.any():
         raise MeshError("the mask is empty: there is no surface to mesh")
-    padded = np.pad(mask.astype(np.float32), 1)  # closes surfaces that touch the array's edge
+    # padding closes surfaces at the array's edge; a slight blur makes voxels that touch only along an edge or a corner
+    # meet or part as a smooth surface would, so that no edge is shared by four triangles (a non-manifold mesh)
+    padded = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), sigma=BLUR_VOXELS)
     verts, tris, _, _ = marching_cubes(padded, 0.5)
     direction = np.array(image.GetDirection()).reshape(3, 3)
-    points = np.asarray(image.GetOrigin()) + ((verts - 1) * np.asarray(image.GetSpacing())) @ direction.T
+    points = np.asarray(image.GetOrigin()) + ((verts - 2) * np.asarray(image.GetSpacing())) @ direction.T
     if frame == "RAS":
         points[:, :2] *= -1  # a half turn about z: orientation (and so the winding) is kept
     mesh = trimesh.Trimesh(points, tris, process=True)

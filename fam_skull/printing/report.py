@@ -50,7 +50,7 @@ def seam_mm(implant: np.ndarray, defective: np.ndarray, spacing) -> tuple[float,
     if not seam.any():
         return 0.0, False
     width = 2 * float(ndimage.distance_transform_edt(~solid, sampling=spacing)[seam].max()) - spacing.min()
-    return width, width >= 2 * SEAM_MM - spacing.max()
+    return width, bool(width >= 2 * SEAM_MM - spacing.max())
 
 
 def implant_report(implant: np.ndarray, defective: np.ndarray, spacing, mesh: Any) -> dict:
@@ -92,10 +92,11 @@ def implant_figure(defective: np.ndarray, implant: np.ndarray, spacing, skull_me
     plt = pyplot()
     spacing = np.asarray(spacing, float)
     centre = np.argwhere(implant).mean(0).round().astype(int) if implant.any() else np.array(implant.shape) // 2
-    fig = plt.figure(figsize=(16, 4.6))
+    fig = plt.figure(figsize=(18, 5.2))
+    grid = fig.add_gridspec(1, 4, width_ratios=(1, 1, 1, 1.5))
     names = ("sagittal (x)", "coronal (y)", "axial (z)")
     for axis in range(3):
-        ax = fig.add_subplot(1, 4, axis + 1)
+        ax = fig.add_subplot(grid[0, axis])
         skull, piece = np.take(defective, int(centre[axis]), axis=axis).T, np.take(implant, int(centre[axis]), axis=axis).T
         rgb = np.ones(skull.shape + (3,))
         rgb[skull] = (0.55, 0.55, 0.55)
@@ -106,7 +107,7 @@ def implant_figure(defective: np.ndarray, implant: np.ndarray, spacing, skull_me
         ax.set_xlabel("xyz"[others[0]] + " (voxels)", fontsize=8)
         ax.set_ylabel("xyz"[others[1]] + " (voxels)", fontsize=8)
         ax.tick_params(labelsize=7)
-    ax3 = fig.add_subplot(1, 4, 4, projection="3d")
+    ax3 = fig.add_subplot(grid[0, 3], projection="3d")
     view = implant_mesh.center_mass - skull_mesh.center_mass if implant_mesh is not None else np.array([0.0, -1.0, 0.3])
     view = view / (np.linalg.norm(view) + 1e-9)
     _render(ax3, skull_mesh, (0.8, 0.8, 0.78), 0.35 if implant_mesh is not None else 1.0, view)
@@ -119,5 +120,5 @@ def implant_figure(defective: np.ndarray, implant: np.ndarray, spacing, skull_me
     ax3.set_axis_off()
     ax3.set_title("skull (grey) and implant (red)", fontsize=10)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     save_figure(fig, path)

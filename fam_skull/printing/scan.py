@@ -2,9 +2,9 @@
 
 Writes into the output folder, in the scan's own geometry: ``skull_mask.nii.gz`` (the skull the CT gave, or the
 mask as read), ``implant.nii.gz``, ``completed_skull.nii.gz``, ``implant.stl`` (watertight, outward normals, mm in
-``frame``), ``report.json`` (:mod:`fam_skull.printing.report`, with each phase's time and the settings) and
-``report.png`` (three slices and a rendered view). Nothing is written for a scan that cannot be used: the error
-names it and says what to do.
+``frame``), ``report.json`` (:mod:`fam_skull.printing.report`, with each phase's time and peak memory, and the
+settings) and ``report.png`` (three slices and a rendered view). Nothing is written for a scan that cannot be used:
+the error names it and says what to do.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from data_prep.ct import skull_from_ct
 from data_prep.folder import claim
 from data_prep.io import VolumeError, atomic_write_text, from_array, read_image, write_image
 from data_prep.preprocess import Layout, largest_component
-from data_prep.progress import progress
+from data_prep.progress import peak_memory_mib, progress
 from fam_skull.predict.mesh import save_stl, surface_mesh
+from fam_skull.predict.options import Frame
 from fam_skull.predict.predictor import load_predictor
 from fam_skull.printing.options import ImplantOptions
 from fam_skull.printing.report import implant_figure, implant_report
 
 log = logging.getLogger("fam_skull.implant")
 PHASES = ("read", "skull", "networks", "mesh", "report")
-RENDER_FACES = 20000  # the rendered view's skull mesh: enough for the picture, quick to draw
+RENDER_MM = 2.0  # the rendered view's skull is meshed on a grid of about this spacing: enough for a picture
 
 
 @dataclass
@@ -53,15 +54,18 @@ def implant(opts: ImplantOptions) -> ImplantResult:
 def _implant(opts: ImplantOptions) -> ImplantResult:
     out = Path(opts.output)
     seconds: dict[str, float] = {}
+    memory: dict[str, float | None] = {}
     bar = progress(PHASES, desc="implant", unit="phase", quiet=opts.quiet)
     phases = iter(bar)
     clock = time.perf_counter()
+    peak_memory_mib()
 
     def done(phase: str) -> None:
         nonlocal clock
         seconds[phase] = round(time.perf_counter() - clock, 3)
+        memory[phase] = peak_memory_mib()
         clock = time.perf_counter()
-        log.info("%s: %.1f s", phase, seconds[phase])
+        log.info("%s: %.1f s, peak memory %s MiB", phase, seconds[phase], memory[phase])
         next(phases, None)
 
     next(phases, None)
@@ -96,7 +100,7 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
         save_stl(mesh, out / "implant.stl", opts.frame)
     done("mesh")
     report = implant_report(piece, defective, spacing, mesh)
-    skull_mesh = surface_mesh(defective, reference, frame=opts.frame, smoothing=2, faces=RENDER_FACES)
+    skull_mesh = _render_mesh(defective, reference, opts.frame)
     title = f"{Path(opts.scan).name}: implant {report['volume_ml']:.1f} ml" + (
         f", {report['thickness_mm']['mean']:.1f} mm thick on average" if report["implant"] else " (no defect found)"
     )
@@ -112,7 +116,19 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
         "removed_from_ct_ml": removed,
         "frame": opts.frame,
         "seconds": seconds,
+        "peak_memory_mib": memory,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items() if k != "quiet"},
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     return ImplantResult(out, report, seconds)
+
+
+def _render_mesh(mask: np.ndarray, image, frame: Frame):
+    """A coarse mesh of ``mask`` for the picture: the mask taken every k-th voxel (k ~ RENDER_MM / spacing)."""
+    step = np.maximum(1, np.round(RENDER_MM / np.asarray(image.GetSpacing()))).astype(int)
+    coarse = mask[:: step[0], :: step[1], :: step[2]]
+    grid = from_array(coarse.astype(np.uint8))
+    grid.SetSpacing((np.asarray(image.GetSpacing()) * step).tolist())
+    grid.SetOrigin(image.GetOrigin())
+    grid.SetDirection(image.GetDirection())
+    return surface_mesh(coarse, grid, frame=frame, smoothing=2)
