@@ -4,7 +4,8 @@
 2. The head: everything denser than air (> -300 HU) is opened with a 12 mm ball on a ~2 mm working grid, which
    cuts off whatever is thinner than 24 mm (the scanner table, a headrest, a pad, cables) where it touches the head;
    of the pieces left, the head is the one with the most soft tissue (-300..150 HU), so a table that is larger than
-   the head, or does not touch it, is not chosen either. The head is then grown back by the same 12 mm within the
+   the head, or does not touch it, is not chosen either (a scan of bone in air, with nothing that thick, is all
+   head). The head is then grown back by the same 12 mm within the
    body, so that the face, the nose and the ears the opening shaved are kept (and the table's first 12 mm too).
 3. A table of bone-like density pressed against the skull: dense material (>= 150 HU) opened with a 5 mm ball (on a
    ~1 mm grid; 1.5 slices for thicker slices) keeps plates thicker than 10 mm; those of its pieces that reach
@@ -65,10 +66,8 @@ def head_mask(hu: np.ndarray, spacing, opening_mm: float = OPENING_MM) -> np.nda
     step = _steps(spacing, WORKING_MM)
     coarse = hu[:: step[0], :: step[1], :: step[2]]
     labels, n = ndimage.label(_opening(coarse > AIR_HU, opening_mm, spacing * step))
-    if n == 0:
-        raise VolumeError(
-            f"no body thicker than {2 * opening_mm:g} mm in the scan (nothing above {AIR_HU:g} HU survives); is it a CT in HU?"
-        )
+    if n == 0:  # nothing thicker than the ball: bone in air (a dry skull, a segmented CT), all of it is the head
+        return hu > AIR_HU
     soft = (coarse > AIR_HU) & (coarse < BONE_HU)
     head = labels == int(np.argmax(ndimage.sum(soft, labels, index=np.arange(1, n + 1)))) + 1
     grown = ndimage.distance_transform_edt(~head, sampling=spacing * step) <= opening_mm

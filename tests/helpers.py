@@ -2,6 +2,7 @@
 the checks of a refused command."""
 
 import json
+import locale
 import re
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def write_series(
     orientation = "\\".join(f"{v:.8f}" for v in [*d[:, 0], *d[:, 1]])
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    ctype = locale.setlocale(locale.LC_CTYPE)  # GDCM's writer sets LC_CTYPE to "C": Python's text files turn ASCII
     for k in range(image.GetSize()[2]):
         if k in skip or (keep is not None and k not in keep):
             continue
@@ -141,4 +143,5 @@ def write_series(
         for copy in range(2 if k == duplicate else 1):
             writer.SetFileName(str(folder / f"{prefix}{k:04d}{'_copy' if copy else ''}.dcm"))
             writer.Execute(piece)
+    locale.setlocale(locale.LC_CTYPE, ctype)
     return folder

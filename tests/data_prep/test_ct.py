@@ -35,5 +35,12 @@ def test_a_scan_without_bone_is_refused():
     hu[5:35, 5:35, 3:27] = 40  # soft tissue only
     with pytest.raises(VolumeError, match="no bone"):
         skull_from_ct(hu, (2.0, 2.0, 2.0))
-    with pytest.raises(VolumeError, match="no body"):
+    with pytest.raises(VolumeError, match="no bone"):
         skull_from_ct(np.full((20, 20, 20), -1000, np.int16), (2.0, 2.0, 2.0))
+
+
+def test_bone_in_air_is_all_head():
+    """A dry skull scanned in air (no soft tissue to open): the skull is the bone itself."""
+    hu, truth, spacing, _ = synthetic_ct(3, (64, 64, 40), table=False)
+    dry = np.where(truth, 1000, -1000).astype(np.int16)
+    assert dice(skull_from_ct(dry, spacing).skull, truth) == 1.0
