@@ -104,7 +104,15 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
     title = f"{Path(opts.scan).name}: implant {report['volume_ml']:.1f} ml" + (
         f", {report['thickness_mm']['mean']:.1f} mm thick on average" if report["implant"] else " (no defect found)"
     )
-    implant_figure(defective, piece, spacing, skull_mesh, mesh, out / "report.png", title)
+    implant_figure(
+        defective,
+        piece,
+        spacing,
+        skull_mesh,
+        _render_mesh(piece, reference, opts.frame) if mesh is not None else None,
+        out / "report.png",
+        title,
+    )
     done("report")
     report |= {
         "scan": str(opts.scan),
@@ -124,9 +132,12 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
 
 
 def _render_mesh(mask: np.ndarray, image, frame: Frame):
-    """A coarse mesh of ``mask`` for the picture: the mask taken every k-th voxel (k ~ RENDER_MM / spacing)."""
+    """A coarse mesh of ``mask`` for the picture (a full-resolution one has too many triangles to draw quickly): the
+    mask taken every k-th voxel (k ~ RENDER_MM / spacing)."""
     step = np.maximum(1, np.round(RENDER_MM / np.asarray(image.GetSpacing()))).astype(int)
     coarse = mask[:: step[0], :: step[1], :: step[2]]
+    if not coarse.any():  # a piece smaller than the picture's grid: drawn as nothing
+        return None
     grid = from_array(coarse.astype(np.uint8))
     grid.SetSpacing((np.asarray(image.GetSpacing()) * step).tolist())
     grid.SetOrigin(image.GetOrigin())
