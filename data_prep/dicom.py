@@ -131,7 +131,10 @@ def read_dicom_series(folder: str | Path, series: str | None = None) -> sitk.Ima
         raise VolumeError(f"{folder}: no DICOM series in this folder (DICOM files in sub-folders are not read)")
     if series is None and len(found) > 1:
         listed = "; ".join(f"{s.uid} ({s.description or 'no description'}, {len(s.files)} files)" for s in found)
-        raise VolumeError(f"{folder}: holds {len(found)} DICOM series: {listed}; choose one with --series UID")
+        raise VolumeError(
+            f"{folder}: holds {len(found)} DICOM series: {listed}; choose one with --series UID (fam-skull implant), "
+            "or give each series a folder of its own"
+        )
     chosen = found[0] if series is None else next((s for s in found if s.uid == series), None)
     if chosen is None:
         raise VolumeError(f"{folder}: no series {series}; it holds {', '.join(s.uid for s in found)}")
