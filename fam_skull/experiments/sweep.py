@@ -9,7 +9,9 @@ either listed (``arms``: a name and the config keys it sets, e.g. ``{name: "impl
 and optionally SAM. ``train.seed`` and ``output`` are set per run. With a ``refine`` mapping (config keys of
 the refinement run, e.g. ``{refine.patch: [48, 48, 48], train.epochs: 20}``), every arm's run is followed by
 a refinement run on top of it (``stage: refine``; the arm's own keys, FAM included, act on the coarse stage),
-and the table shows each arm twice: its coarse stage and "+ refinement".
+and the table shows each arm twice: its coarse stage and "+ refinement". ``tables`` names the targets with a paper
+table (implant, complete), ``published_rows`` adds a paper's own rows to the first, and ``voxel_distances`` repeats
+the tables with HD and HD95 in voxels (the unit of a paper that ran medpy without a spacing).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from fam_skull.common.paths import RunFolder, slug
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge, method_label
 from fam_skull.evaluate.evaluation import TARGETS, EvaluateOptions, evaluate
 from fam_skull.evaluate.report import QUALITY, paper_table
-from fam_skull.experiments.study import StudyRun, write_study
+from fam_skull.experiments.study import TARGET_NAMES, StudyRun, write_study
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.predict.options import MIN_COMPONENT_MM3
@@ -210,8 +212,8 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
             stem = "sweep_table" + ("" if i == 0 else f"_{target}") + ("" if units == "mm" else "_voxels")
             atomic_write_text(out / "report" / f"{stem}.md", md)
             atomic_write_text(out / "report" / f"{stem}.csv", text)
-            what = {"implant": "implants", "complete": "completed skulls"}[target]
-            tables += [f"## Paper table ({what}{'' if units == 'mm' else ', HD and HD95 in voxels'}, mean ± std over seeds)", "", md]
+            units_note = "" if units == "mm" else ", HD and HD95 in voxels"
+            tables += [f"## Paper table ({TARGET_NAMES[target]}s{units_note}, mean ± std over seeds)", "", md]
         if units == "mm":
             in_mm = result.summaries
             quality, _ = paper_table(grouped, config.sets, "implant", QUALITY, subsets=False)
