@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,7 @@ RENDER_MM = 2.0  # the rendered view's skull is meshed on a grid of about this s
 @dataclass
 class ImplantResult:
     output: Path
-    report: dict
-    seconds: dict[str, float] = field(default_factory=dict)
+    report: dict  # what report.json holds
 
 
 def implant(opts: ImplantOptions) -> ImplantResult:
@@ -90,7 +89,7 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
     done("networks")
     original = layout.original
     spacing = np.asarray(original.spacing)
-    write_image(layout.to_original(canonical), out / "skull_mask.nii.gz")
+    write_image(from_array(defective.astype(np.uint8), original), out / "skull_mask.nii.gz")
     write_image(from_array(piece.astype(np.uint8), original), out / "implant.nii.gz")
     write_image(from_array((defective | piece).astype(np.uint8), original), out / "completed_skull.nii.gz")
     reference = from_array(piece.astype(np.uint8), original)
@@ -128,7 +127,7 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items() if k != "quiet"},
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
-    return ImplantResult(out, report, seconds)
+    return ImplantResult(out, report)
 
 
 def _render_mesh(mask: np.ndarray, image, frame: Frame):
