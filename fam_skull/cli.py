@@ -167,7 +167,7 @@ def _run_predict(args) -> int:
 
 
 def _evaluate_parser(p: argparse.ArgumentParser) -> None:
-    from fam_skull.evaluate.options import EvaluateOptions
+    from fam_skull.evaluate.options import UNITS, EvaluateOptions
 
     d = EvaluateOptions(predictions=[], manifest=Path("."), output=Path("."))
     p.add_argument("predictions", nargs="+", help="prediction folders, optionally label=folder")
@@ -178,7 +178,7 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--empty", choices=["diagonal", "inf"], default=d.empty, help="score of a missing surface (default: the volume diagonal)"
     )
-    p.add_argument("--units", choices=["mm", "voxels"], default=d.units, help="distances in mm (default) or in voxels of each case's grid")
+    p.add_argument("--units", choices=UNITS, default=d.units, help="distances in mm (default) or in voxels of each case's grid")
     p.add_argument("--workers", type=int, default=d.workers, help="parallel processes (default %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute cached per-case results")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info lines on the console (log files keep them)")
