@@ -19,6 +19,7 @@ from fam_skull.metrics import BOUNDARY_MM, METRICS
 COLUMNS = (("dsc", "DSC"), ("hd", "HD"), ("hd95", "HD95"))
 QUALITY = (("dsc", "DSC"), ("bdsc", "boundary DSC"), ("hd95", "HD95"))  # what AutoImplant 2021 scored
 SET_NAMES = {"eval1": "set 1", "eval2": "set 2"}
+TARGET_NAMES = {"implant": "implant", "complete": "completed skull"}
 
 
 def _cell(values: list[float | None], metric: str) -> str:
@@ -90,7 +91,7 @@ def paper_table(
     md_text = (
         "\n".join(md)
         + "\n\n"
-        + f"Metrics of the {target}; HD and HD95 in {units} (medpy definitions)"
+        + f"Metrics of the {TARGET_NAMES[target]}; HD and HD95 in {units} (medpy definitions)"
         + (f"; boundary DSC: within {BOUNDARY_MM:g} {units} of the defective skull" if any(m == "bdsc" for m, _ in columns) else "")
         + ".\n"
         + "\n".join(notes)

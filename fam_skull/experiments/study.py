@@ -28,13 +28,12 @@ from data_prep.io import atomic_write_text, file_stamp
 from fam_skull.common.figures import pyplot, save_figure
 from fam_skull.common.paths import RunFolder
 from fam_skull.common.stats import mean_interval
-from fam_skull.evaluate.report import SET_NAMES
+from fam_skull.evaluate.report import SET_NAMES, TARGET_NAMES
 from fam_skull.experiments.flatness import measure_flatness
 from fam_skull.fam.regularizer import OBJECTIVE_COLUMNS
 
 log = logging.getLogger("fam_skull.study")
 METRICS = (("dsc", "DSC", True), ("hd95", "HD95", False))  # (key, name, higher is better)
-TARGET_NAMES = {"implant": "implant", "complete": "completed skull"}
 
 
 @dataclass

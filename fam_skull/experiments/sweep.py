@@ -31,8 +31,8 @@ from fam_skull.common.checkpoint import load_checkpoint
 from fam_skull.common.paths import RunFolder, slug
 from fam_skull.config import Config, ConfigError, apply, build_section, load_config, merge, method_label
 from fam_skull.evaluate.evaluation import TARGETS, EvaluateOptions, evaluate
-from fam_skull.evaluate.report import QUALITY, paper_table
-from fam_skull.experiments.study import TARGET_NAMES, StudyRun, write_study
+from fam_skull.evaluate.report import QUALITY, TARGET_NAMES, paper_table
+from fam_skull.experiments.study import StudyRun, write_study
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA
 from fam_skull.fam.sam import DEFAULT_RHO
 from fam_skull.predict.options import MIN_COMPONENT_MM3

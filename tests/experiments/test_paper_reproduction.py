@@ -64,7 +64,7 @@ def test_paper_reproduction_at_ci_size(tmp_path):
     assert labels == ["paper: baseline", "paper: FAM, lambda = 0.002", "baseline", "FAM published, lambda = 0.002"]
     assert rows[1][1:3] == ["0.6464", "-"] and rows[2][7] == "-"  # the seed's set 1 DSC; no (100) column, no set 2
     text = (report / "report.md").read_text()
-    assert "Metrics of the complete; HD and HD95 in mm" in text and "Metrics of the complete; HD and HD95 in voxels" in text
+    assert "Metrics of the completed skull; HD and HD95 in mm" in text and "of the completed skull; HD and HD95 in voxels" in text
     assert "| FAM published, lambda = 0.002 | eval2 | completed skull dsc |" in text
     for name in ("sweep_table_implant.md", "sweep_table_voxels.md", "sweep_table_implant_voxels.md", "study_curves.png"):
         assert (report / name).is_file()
