@@ -232,7 +232,7 @@ def read_json(path: str | os.PathLike) -> Any:
         ValueError: unreadable or not valid JSON; the message names the file.
     """
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON file ({e})") from None
 

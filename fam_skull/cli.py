@@ -16,7 +16,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def _names(text: str) -> tuple[str, ...]:
     if text.startswith("@"):
         try:
-            text = Path(text[1:]).read_text().replace("\n", ",")
+            text = Path(text[1:]).read_text(encoding="utf-8").replace("\n", ",")
         except OSError as e:
             raise argparse.ArgumentTypeError(f"{text[1:]}: cannot read the list ({e.strerror})") from None
     return tuple(v.strip() for v in text.split(",") if v.strip())
@@ -189,7 +189,7 @@ def _run_evaluate(args) -> int:
 
     opts = EvaluateOptions(**{k: v for k, v in vars(args).items() if k in EvaluateOptions.__dataclass_fields__})
     result = evaluate(opts)
-    print((result.output / "table.md").read_text())
+    print((result.output / "table.md").read_text(encoding="utf-8"))
     if result.cases and result.failed == result.cases:
         logging.error("fam-skull evaluate: every case failed (reasons above and in %s); nothing was scored", result.output)
         return 1

@@ -306,7 +306,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
     return validate(build_section(Config, merge(values, list(overrides))))

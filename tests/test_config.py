@@ -160,3 +160,20 @@ def test_defaults_live_in_one_place():
     assert per_case_csv({}).strip().split(",")[4:-2] == list(METRICS)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"lam={DEFAULT_LAMBDA}" in readme and f"lambda = {DEFAULT_LAMBDA}" in readme
+
+
+def test_configs_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """GDCM's DICOM writer leaves the process in the C locale, where Python's default text encoding is ASCII."""
+    import locale
+
+    from fam_skull.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {manifest: unused.json}  # lambda ± 10%, λ\nmethod: baseline\n", encoding="utf-8")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert locale.getpreferredencoding(False) != "UTF-8"
+        assert load_config(path).method == "baseline"
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)

@@ -26,7 +26,7 @@ def demo(
     config = Path(config)
     if not config.is_file():
         raise ConfigError(f"{config}: demo config not found")
-    values = merge(yaml.safe_load(config.read_text()) or {}, list(overrides))
+    values = merge(yaml.safe_load(config.read_text(encoding="utf-8")) or {}, list(overrides))
     output = Path(output)
     prep = values.get("prepare") or {}
     for key in ("grid", "synthetic_shape", "defects", "shift_defects"):  # YAML lists -> the options' tuples

@@ -102,7 +102,7 @@ def _cache_key(folder: Path, max_cases: int, probes: int) -> dict:
 
 def _cached(path: Path, key: dict) -> float | None:
     try:
-        cached = json.loads(path.read_text())
+        cached = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or damaged: measured again
         return None
     return float(cached["kappa"]) if isinstance(cached, dict) and cached.get("key") == key else None

@@ -70,7 +70,7 @@ def load_sweep(path: str | Path | None = None, overrides: Sequence[str] = (), va
     if values is None:
         if path is None or not Path(path).is_file():
             raise ConfigError(f"{path}: sweep config not found")
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     unknown = set(values) - {"sweep", "run"}
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; a sweep config has 'sweep' and 'run'")
@@ -235,5 +235,6 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
         )
         head += [study, ""]
     head += ["## Training curves", "", *curves]
-    atomic_write_text(report, "\n".join(head) + "\n" + report.read_text())
-    return SweepResult(out, (out / "report" / "sweep_table.md").read_text(), {names[n]: str(out / "runs" / n) for n in names})
+    atomic_write_text(report, "\n".join(head) + "\n" + report.read_text(encoding="utf-8"))
+    table = (out / "report" / "sweep_table.md").read_text(encoding="utf-8")
+    return SweepResult(out, table, {names[n]: str(out / "runs" / n) for n in names})
