@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from data_prep.box import bounding_box
 from data_prep.io import atomic_write_bytes
 from fam_skull.predict.options import SMOOTHING_ITERATIONS, Frame
 
@@ -47,12 +48,16 @@ def surface_mesh(
         raise ValueError(f"frame: LPS or RAS, got {frame!r}")
     if not mask.any():
         raise MeshError("the mask is empty: there is no surface to mesh")
-    # padding closes surfaces at the array's edge; a slight blur makes voxels that touch only along an edge or a corner
-    # meet or part as a smooth surface would, so that no edge is shared by four triangles (a non-manifold mesh)
-    padded = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), sigma=BLUR_VOXELS)
+    # only the mask's box is meshed; padding closes surfaces at the array's edge; a slight blur makes voxels that touch
+    # only along an edge or a corner meet or part as a smooth surface would, so that no edge is shared by four
+    # triangles (a non-manifold mesh)
+    box = bounding_box(mask)
+    assert box is not None  # the mask is not empty
+    padded = ndimage.gaussian_filter(np.pad(mask[box].astype(np.float32), 2), sigma=BLUR_VOXELS)
     verts, tris, _, _ = marching_cubes(padded, 0.5)
+    corner = np.array([s.start for s in box]) - 2
     direction = np.array(image.GetDirection()).reshape(3, 3)
-    points = np.asarray(image.GetOrigin()) + ((verts - 2) * np.asarray(image.GetSpacing())) @ direction.T
+    points = np.asarray(image.GetOrigin()) + ((verts + corner) * np.asarray(image.GetSpacing())) @ direction.T
     if frame == "RAS":
         points[:, :2] *= -1  # a half turn about z: orientation (and so the winding) is kept
     mesh = trimesh.Trimesh(points, tris, process=True)
