@@ -35,8 +35,10 @@ class PrepareOptions:
 
     Attributes:
         output: dataset folder to write.
-        source: ``skullbreak``, ``skullfix``, ``complete``, ``pairs`` or ``synthetic``.
+        source: ``skullbreak``, ``skullfix``, ``complete``, ``pairs``, ``nnunet`` or ``synthetic``.
         path: the dataset root, folder or CSV (not for ``synthetic``).
+        nnunet_label: what an nnU-Net dataset's label holds: ``auto`` (by the label names in its dataset.json),
+            ``implant`` or ``complete`` (every foreground label is that).
         synthetic: number of synthetic skulls.
         synthetic_shape: grid the synthetic skulls are rasterized on (their "original" space);
             defaults to ``grid``.
@@ -61,6 +63,7 @@ class PrepareOptions:
     output: Path
     source: str = "synthetic"
     path: Path | None = None
+    nnunet_label: str = "auto"
     synthetic: int = 0
     synthetic_shape: tuple[int, int, int] | None = None
     grid: tuple[int, int, int] = (256, 256, 128)
@@ -109,6 +112,8 @@ class PrepareOptions:
             raise ValueError(f"axial_slices: must be >= 2, got {self.axial_slices}")
         if self.workers < 1:
             raise ValueError(f"workers: must be >= 1, got {self.workers}")
+        if self.nnunet_label not in ("auto", "implant", "complete"):
+            raise ValueError(f"nnunet_label: one of auto, implant, complete, got {self.nnunet_label!r}")
 
 
 @dataclass
@@ -126,7 +131,9 @@ class PrepareResult:
 
 def _settings(opts: PrepareOptions) -> dict:
     """The options that shape a case's volumes; a finished case is reused only if they are unchanged."""
-    keys = ("grid", "axial_slices", "keep_largest", "input_kind", "threshold", "synthetic_shape", "mandible", "refine_data")
+    keys: tuple[str, ...] = ("grid", "axial_slices", "keep_largest", "input_kind", "threshold", "synthetic_shape", "mandible")
+    keys += ("refine_data",)
+    keys += ("nnunet_label",) if opts.source == "nnunet" else ()  # other sources' finished cases keep their records
     return json.loads(json.dumps({k: getattr(opts, k) for k in keys}))
 
 
@@ -134,11 +141,11 @@ def _case_seed(seed: int, case_id: str) -> int:
     return zlib.crc32(f"{seed}:{case_id}".encode())
 
 
-def _split_skulls(skulls: list[str], opts: PrepareOptions) -> dict[str, str]:
+def _split_skulls(skulls: list[str], opts: PrepareOptions, every: list[str]) -> dict[str, str]:
     named = {s: "eval1" for s in opts.eval1} | {s: "eval2" for s in opts.eval2}
-    unknown = sorted(set(named) - set(skulls))
+    unknown = sorted(set(named) - set(every))
     if unknown:
-        raise ValueError(f"--eval1/--eval2 name skulls that are not in the dataset: {', '.join(unknown)} (known: {', '.join(skulls[:20])})")
+        raise ValueError(f"--eval1/--eval2 name skulls that are not in the dataset: {', '.join(unknown)} (known: {', '.join(every[:20])})")
     rest = [s for s in skulls if s not in named]
     rng = np.random.default_rng(opts.seed)
     rest = [rest[i] for i in rng.permutation(len(rest))]
@@ -153,11 +160,13 @@ def _split_skulls(skulls: list[str], opts: PrepareOptions) -> dict[str, str]:
 def assign_roles(cases: list[SourceCase], opts: PrepareOptions) -> tuple[list[SourceCase], list[Skip]]:
     """Give every case a role (splitting by skull, never across roles) and expand generated defects."""
     skulls = sorted({c.skull for c in cases if c.role is None})
-    by_skull = _split_skulls(skulls, opts)
+    by_skull = _split_skulls(skulls, opts, sorted({c.skull for c in cases}))
+    named = set(opts.eval1) | set(opts.eval2)
     out, excluded = [], []
     shift: tuple[str, ...] = opts.shift_defects or ()  # set by PrepareOptions
     for case in cases:
-        skull_role = case.role or by_skull[case.skull]  # every skull of a case without a role was split
+        # a skull the user names goes where they say; every skull of a case without a role was split
+        skull_role = by_skull[case.skull] if case.skull in named else case.role or by_skull[case.skull]
         if case.defective is None:
             kinds = {
                 "train": [("train", k) for k in opts.defects],
@@ -203,15 +212,35 @@ def _source_image(case: SourceCase, opts: PrepareOptions):
     return read_image(path)
 
 
+def _labelled(case: SourceCase, layout: Layout, opts: PrepareOptions) -> np.ndarray:
+    """The defective skull plus every voxel its label file names (the completed skull)."""
+    labels = case.labels
+    assert labels is not None and case.defective is not None  # only nnU-Net cases come here
+    image = read_image(labels.path)
+    mismatch = Geometry.of(image).mismatch(layout.original)
+    if mismatch:
+        raise VolumeError(f"{labels.path}: {mismatch}, its image's; an nnU-Net label must share its image's grid")
+    array = layout.canonical_array(image)
+    unknown = np.setdiff1d(np.unique(array), (0, *labels.values))
+    if unknown.size:
+        raise VolumeError(f"{labels.path}: values {unknown[:6].tolist()} are not labels of dataset.json; fix the label or dataset.json")
+    return _read_mask(case.defective, layout, opts, opts.keep_largest) | np.isin(array, labels.values)
+
+
 def load_complete(case: SourceCase, opts: PrepareOptions) -> tuple[Layout, np.ndarray, dict]:
     """The case's layout, its canonical complete skull, and the record of its source."""
     image = _source_image(case, opts)
     layout = Layout.plan(image, opts.grid, opts.axial_slices)
     if case.synthetic_seed is not None:
         return layout, layout.canonical_array(image).astype(bool), {"synthetic_seed": case.synthetic_seed}
-    complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(case.complete), layout.canonical.spacing)
+    source = {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
+    if case.labels is not None:
+        complete = _labelled(case, layout, opts)
+        source["label"] = str(case.labels.path)
+    else:
+        complete = binarize(layout.canonical_array(image), opts.input_kind, opts.threshold, str(case.complete), layout.canonical.spacing)
     complete = largest_component(complete) if opts.keep_largest else complete
-    return layout, complete, {k: str(getattr(case, k)) for k in KINDS if getattr(case, k) is not None}
+    return layout, complete, source
 
 
 def grid_partition(layout: Layout, defective: np.ndarray, implant: np.ndarray) -> dict[str, np.ndarray]:
@@ -285,7 +314,8 @@ def _finished(case: SourceCase, opts: PrepareOptions) -> dict | None:
 
 
 def _source_key(case: SourceCase):
-    return (case.synthetic_seed, str(case.complete))
+    """Cases with one key share one loaded complete skull."""
+    return (case.synthetic_seed, str(case.complete), str(case.labels.path) if case.labels else None)
 
 
 def _skip(case: SourceCase, error: Exception) -> Skip:
@@ -332,7 +362,7 @@ def prepare(opts: PrepareOptions) -> PrepareResult:
 
 def _prepare(opts: PrepareOptions) -> PrepareResult:
     start = time.perf_counter()
-    found, skipped = discover(opts.source, opts.path, opts.synthetic, opts.seed)
+    found, skipped = discover(opts.source, opts.path, opts.synthetic, opts.seed, opts.nnunet_label)
     cases, excluded = assign_roles(found, opts)
     for skip in skipped:
         log.warning("skipped %s: %s", skip.file, skip.reason)

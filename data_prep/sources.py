@@ -10,14 +10,29 @@ from pathlib import Path
 from data_prep.dicom import is_dicom_folder
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-SOURCES = ("skullbreak", "skullfix", "complete", "pairs", "synthetic")
+SOURCES = ("skullbreak", "skullfix", "complete", "pairs", "nnunet", "synthetic")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A label file beside a defective skull (nnU-Net's layout): which of its values are the implant and which
+    the skull; the completed skull is the defective skull plus both."""
+
+    path: Path
+    implant: tuple[int, ...]
+    skull: tuple[int, ...]
+
+    @property
+    def values(self) -> tuple[int, ...]:
+        return self.implant + self.skull
 
 
 @dataclass
 class SourceCase:
     """One case to prepare. ``defect`` is the given defect type, or the type to generate when
-    ``defective`` is None. ``role`` is forced by the dataset (SkullFix cases 100-109 are eval2)."""
+    ``defective`` is None. ``role`` is forced by the dataset (SkullFix cases 100-109 are eval2). ``labels``
+    gives the completed skull for a ``defective`` skull that has no ``complete`` file."""
 
     case_id: str
     skull: str
@@ -28,6 +43,7 @@ class SourceCase:
     role: str | None = None
     synthetic_seed: int | None = None
     seed: int = 0
+    labels: Labels | None = None
 
 
 @dataclass(frozen=True)
@@ -165,13 +181,23 @@ def synthetic(count: int, seed: int) -> tuple[list[SourceCase], list[Skip]]:
     return [SourceCase(f"synth{i:03d}", f"synth{i:03d}", synthetic_seed=seed + i) for i in range(count)], []
 
 
-def discover(source: str, path: str | Path | None = None, count: int = 0, seed: int = 0) -> tuple[list[SourceCase], list[Skip]]:
+def discover(
+    source: str, path: str | Path | None = None, count: int = 0, seed: int = 0, nnunet_label: str = "auto"
+) -> tuple[list[SourceCase], list[Skip]]:
     """The cases of a source (one of :data:`SOURCES`) and the inputs skipped while finding them."""
     if source == "synthetic":
         return synthetic(count, seed)
     if path is None:
         raise ValueError(f"source {source!r} needs a path")
-    finders = {"skullbreak": skullbreak, "skullfix": skullfix, "complete": complete_folder, "pairs": pairs}
+    from data_prep.nnunet import nnunet_dataset  # imports this module
+
+    finders = {
+        "skullbreak": skullbreak,
+        "skullfix": skullfix,
+        "complete": complete_folder,
+        "pairs": pairs,
+        "nnunet": lambda root: nnunet_dataset(root, nnunet_label),
+    }
     if source not in finders:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     path = Path(path)

@@ -45,7 +45,19 @@ def _prepare_parser(p: argparse.ArgumentParser) -> None:
         metavar="CSV_OR_DIR",
         help="CSV defective,complete[,implant][,id] or a folder with defective/ complete/ [implant/]",
     )
+    src.add_argument(
+        "--nnunet",
+        type=Path,
+        metavar="DATASET",
+        help="nnU-Net v2 raw dataset (dataset.json, imagesTr/<case>_0000, labelsTr/<case>[, imagesTs, labelsTs])",
+    )
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic skulls")
+    p.add_argument(
+        "--nnunet-label",
+        choices=["auto", "implant", "complete"],
+        default=d.nnunet_label,
+        help="what an nnU-Net label holds; auto: by its names in dataset.json (implant; skull, complete_skull, ...)",
+    )
     p.add_argument("--synthetic-shape", type=_ints, default=None, help="grid of the synthetic skulls (default: --grid)")
     p.add_argument("--grid", type=_ints, default=d.grid, help="training grid x,y,z (default 256,256,128)")
     p.add_argument("--axial-slices", type=int, default=None, help="crop/pad to this many axial slices (top kept) before resizing")
@@ -75,11 +87,12 @@ def _prepare_parser(p: argparse.ArgumentParser) -> None:
 def _run_prepare(args) -> int:
     from data_prep.prepare import PrepareOptions, prepare
 
-    source = next(s for s in ("skullbreak", "skullfix", "complete", "pairs", "synthetic") if getattr(args, s) is not None)
+    source = next(s for s in ("skullbreak", "skullfix", "complete", "pairs", "nnunet", "synthetic") if getattr(args, s) is not None)
     opts = PrepareOptions(
         output=args.output,
         source=source,
         path=None if source == "synthetic" else getattr(args, source),
+        nnunet_label=args.nnunet_label,
         synthetic=args.synthetic or 0,
         synthetic_shape=args.synthetic_shape,
         grid=args.grid,
@@ -314,6 +327,38 @@ def _run_export(args) -> int:
     return 0
 
 
+def _export_nnunet_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", type=Path, help="prepared manifest (or its folder)")
+    p.add_argument("output", type=Path, help="nnUNet_raw folder (the dataset goes into Dataset<id>_<name>) or a Dataset<id>_<name> folder")
+    p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id, 1-999 (default %(default)s)")
+    p.add_argument("--name", default="FamSkull", help="nnU-Net dataset name (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no info lines on the console")
+
+
+def _run_export_nnunet(args) -> int:
+    from data_prep.nnunet import export_nnunet
+
+    result = export_nnunet(args.manifest, args.output, args.dataset_id, args.name)
+    print(f"nnU-Net dataset: {result.dataset} ({', '.join(f'{k} {v}' for k, v in result.cases.items())}; {len(result.skipped)} skipped)")
+    return 0 if sum(result.cases.values()) else 1
+
+
+def _import_nnunet_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("predictions", type=Path, help="folder of nnU-Net's predicted label maps (nnUNetv2_predict -o)")
+    p.add_argument("--dataset", type=Path, required=True, help="the nnU-Net raw dataset the predicted images came from")
+    p.add_argument("--output", type=Path, required=True, help="fam-skull predictions folder to write (for fam-skull evaluate)")
+    p.add_argument("--method", default="nnU-Net", help="method label in evaluation reports (default %(default)s)")
+    p.add_argument("--label", choices=["auto", "implant"], default="auto", help="auto: the label named implant in dataset.json")
+    p.add_argument("--quiet", action="store_true", help="no info lines on the console")
+
+
+def _run_import_nnunet(args) -> int:
+    from fam_skull.predict.nnunet import import_nnunet
+
+    result = import_nnunet(args.predictions, args.dataset, args.output, args.method, args.label)
+    return 0 if result.imported else 1
+
+
 def _implant_parser(p: argparse.ArgumentParser) -> None:
     from fam_skull.printing.options import ImplantOptions
 
@@ -362,6 +407,8 @@ COMMANDS = {  # name: (help, parser builder, runner)
     "flatness": ("kappa of a trained model's FAM layer over a dataset, with a 95%% interval", _flatness_parser, _run_flatness),
     "export": ("a trained coarse run as a MONAI bundle (python -m monai.bundle run)", _export_parser, _run_export),
     "implant": ("one scan (DICOM, NIfTI, NRRD; CT or mask) to a printable implant mesh and its report", _implant_parser, _run_implant),
+    "export-nnunet": ("a prepared dataset as an nnU-Net v2 raw dataset with fam-skull's split", _export_nnunet_parser, _run_export_nnunet),
+    "import-nnunet": ("nnU-Net's predictions as a fam-skull predictions folder", _import_nnunet_parser, _run_import_nnunet),
 }
 
 

@@ -1,0 +1,266 @@
+"""fam-skull against nnU-Net v2 on the same cases, nnU-Net trained for the same wall-clock time as fam-skull's run.
+
+    pip install -c benchmarks/constraints.txt -e ".[nnunet]"
+    python benchmarks/nnunet_compare.py --manifest DEMO/data/manifest.json --run DEMO/runs/baseline_refined_s0 --work WORK
+
+1. ``export-nnunet``: fam-skull's train and val cases (original resolution) as an nnU-Net raw dataset, fam-skull's
+   split as fold 0, the evaluation sets as imagesTs.
+2. nnU-Net's own fingerprint, planning and preprocessing (``3d_fullres`` unless ``--configuration``).
+3. nnU-Net's default trainer (``nnUNetTrainer``: its network, loss, augmentation, SGD with poly schedule), fold 0, on
+   the CPU, for ``--budget`` seconds (default: fam-skull's training time, both stages, read from the runs' logs).
+   nnU-Net's schedule is 1000 epochs of 250 iterations; here the epochs are shortened to ``--iterations`` so that the
+   poly schedule runs its course inside the budget (the number of epochs is set from ``--seconds-per-iteration``,
+   and training stops at the budget whatever the estimate). Nothing of nnU-Net's is changed but these counts.
+4. nnU-Net's predictor (``nnUNetPredictor``: sliding window, Gaussian weighting, mirroring) on imagesTs, and
+   fam-skull's predictor on the same cases, each timed per case in this process.
+5. ``import-nnunet`` and ``fam-skull evaluate`` score both against the same references: one table per set and per
+   defect type (implant DSC, boundary DSC, HD95), written to WORK/comparison.md and printed.
+
+Reruns reuse the export and the preprocessing; training and prediction run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+DATASET_ID = 951
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ")
+
+
+def run_seconds(run: Path) -> float:
+    """Training wall time of a fam-skull run from its log: each start to the last line before the next start (a
+    resumed run counts every segment)."""
+    total, start, last = 0.0, None, None
+    for line in (run / "log.txt").read_text(encoding="utf-8").splitlines():
+        match = STAMP.match(line)
+        if not match:
+            continue
+        t = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+        if " starting " in line:
+            total += (last - start) if start is not None else 0.0
+            start = t
+        last = t
+    return total + ((last - start) if start is not None else 0.0)
+
+
+def training_seconds(run: Path) -> tuple[float, list[Path]]:
+    """fam-skull's training time for ``run`` and the coarse run it refines, if any."""
+    import yaml
+
+    runs = [run]
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    coarse = (config.get("refine") or {}).get("coarse_run")
+    if config.get("stage") == "refine" and coarse:
+        runs.insert(0, Path(coarse))
+    return sum(run_seconds(r) for r in runs), runs
+
+
+def _quiet_stdout(log):
+    """nnU-Net prints every step to stdout: into the work folder's log instead."""
+    return contextlib.redirect_stdout(log)
+
+
+def train_nnunet(dataset: str, configuration: str, budget: float, iterations: int, seconds_per_iteration: float, log) -> dict:
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    folder = join(nnUNet_preprocessed, dataset)
+    plans, dataset_json = load_json(join(folder, "nnUNetPlans.json")), load_json(join(folder, "dataset.json"))
+    plans["continue_training"] = False  # what get_trainer_from_args adds
+    trainer = nnUNetTrainer(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
+    trainer.num_iterations_per_epoch = iterations
+    trainer.num_val_iterations_per_epoch = max(1, iterations // 5)
+    trainer.num_epochs = max(1, int(budget / (seconds_per_iteration * iterations * 1.2)))  # 1.2: validation and epoch ends
+    trainer.save_every = 10**9  # the final checkpoint only
+    start = time.perf_counter()
+    with _quiet_stdout(log):
+        trainer.on_train_start()
+        epochs = 0
+        while epochs < trainer.num_epochs and time.perf_counter() - start < budget:
+            trainer.on_epoch_start()
+            trainer.on_train_epoch_start()
+            outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
+            trainer.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                trainer.on_validation_epoch_start()
+                val = [trainer.validation_step(next(trainer.dataloader_val)) for _ in range(trainer.num_val_iterations_per_epoch)]
+                trainer.on_validation_epoch_end(val)
+            trainer.on_epoch_end()
+            epochs += 1
+        trainer.on_train_end()
+    seconds = time.perf_counter() - start
+    patch = trainer.configuration_manager.patch_size
+    return {
+        "trainer": trainer,
+        "seconds": seconds,
+        "epochs": epochs,
+        "planned_epochs": trainer.num_epochs,
+        "iterations": epochs * iterations,
+        "patch": list(patch),
+        "batch": trainer.batch_size,
+    }
+
+
+def predict_nnunet(trainer, images: Path, output: Path, log) -> float:
+    """nnU-Net's predictor on the trainer's final weights (built as nnU-Net's own final validation builds it);
+    seconds per case."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=trainer.device, allow_tqdm=False)
+    trainer.set_deep_supervision_enabled(False)
+    trainer.network.eval()
+    predictor.manual_initialization(
+        trainer.network,
+        trainer.plans_manager,
+        trainer.configuration_manager,
+        [trainer.network.state_dict()],
+        trainer.dataset_json,
+        type(trainer).__name__,
+        trainer.inference_allowed_mirroring_axes,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    cases = sorted(images.glob("*_0000.nii.gz"))
+    start = time.perf_counter()
+    with _quiet_stdout(log):
+        predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
+    return (time.perf_counter() - start) / max(1, len(cases))
+
+
+def predict_famskull(run: Path, manifest: Path, output: Path, min_component_mm3: float) -> float:
+    from data_prep.manifest import Manifest
+    from fam_skull.predict import PredictOptions, predict
+
+    cases = len(Manifest.load(manifest).role("eval1", "eval2"))
+    start = time.perf_counter()
+    predict(PredictOptions(run=run, output=output, manifest=manifest, min_component_mm3=min_component_mm3, force=True, quiet=True))
+    return (time.perf_counter() - start) / max(1, cases)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def table(summaries: dict, manifest: Path, rows: dict) -> str:
+    """Markdown: one row per method and set, then per defect type: implant DSC, boundary DSC, HD95 (mm)."""
+    from data_prep.manifest import Manifest
+
+    defect = {c["id"]: c.get("defect") for c in Manifest.load(manifest).cases}
+    lines = [
+        "| method | training | set | cases | implant DSC | boundary DSC | HD95 (mm) | prediction s/case |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by_type = ["| method | set | defect type | cases | implant DSC | boundary DSC | HD95 (mm) |", "|---|---|---|---|---|---|---|"]
+    for label, summary in summaries.items():
+        cases = [c for c in summary["metric_per_case"] if "error" not in c]
+        failed = len(summary["metric_per_case"]) - len(cases)
+        for role in ("eval1", "eval2"):
+            chosen = [c for c in cases if c["set"] == role]
+            m = {k: _mean([c["implant"][k] for c in chosen]) for k in ("dsc", "bdsc", "hd95")}
+            lines.append(
+                f"| {label} | {rows[label]['training']} | {role} | {len(chosen)}{f' ({failed} failed)' if failed else ''} | "
+                f"{m['dsc']:.3f} | {m['bdsc']:.3f} | {m['hd95']:.2f} | {rows[label]['predict']:.2f} |"
+            )
+            for kind in sorted({defect[c["case"]] for c in chosen}):
+                typed = [c for c in chosen if defect[c["case"]] == kind]
+                t = {k: _mean([c["implant"][k] for c in typed]) for k in ("dsc", "bdsc", "hd95")}
+                by_type.append(f"| {label} | {role} | {kind} | {len(typed)} | {t['dsc']:.3f} | {t['bdsc']:.3f} | {t['hd95']:.2f} |")
+    return "\n".join(lines) + "\n\nPer defect type:\n\n" + "\n".join(by_type) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, required=True, help="the prepared dataset fam-skull's run trained on")
+    parser.add_argument("--run", type=Path, required=True, help="fam-skull's run (a refinement run brings its coarse run)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for nnU-Net's raw, preprocessed and results folders")
+    parser.add_argument("--budget", type=float, default=None, help="nnU-Net's training seconds (default: fam-skull's)")
+    parser.add_argument("--configuration", default="3d_fullres", help="nnU-Net configuration (default %(default)s)")
+    parser.add_argument("--iterations", type=int, default=25, help="iterations per nnU-Net epoch (nnU-Net: 250)")
+    parser.add_argument("--seconds-per-iteration", type=float, default=8.0, help="estimate that sets the epochs (measured 8 s here)")
+    parser.add_argument("--workers", type=int, default=2, help="nnU-Net's augmentation and preprocessing processes")
+    parser.add_argument("--min-component-mm3", type=float, default=None, help="fam-skull's predict option (default: predict's)")
+    parser.add_argument("--label", default=None, help="nnU-Net's row label (default: nnU-Net, its time)")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    for name in ("raw", "preprocessed", "results"):
+        os.environ[f"nnUNet_{name}"] = str(work / f"nnUNet_{name}")
+        (work / f"nnUNet_{name}").mkdir(parents=True, exist_ok=True)
+    os.environ["nnUNet_n_proc_DA"] = str(args.workers)
+    import torch
+
+    torch.set_num_threads(multiprocessing.cpu_count())  # what nnUNetv2_train does on a CPU
+    from data_prep.nnunet import export_nnunet
+    from fam_skull.evaluate import EvaluateOptions, evaluate
+    from fam_skull.predict.nnunet import import_nnunet
+
+    fam_seconds, fam_runs = training_seconds(args.run)
+    budget = args.budget or fam_seconds
+    log = open(work / "nnunet.log", "a", encoding="utf-8")
+    dataset = export_nnunet(args.manifest, work / "nnUNet_raw", DATASET_ID, "FamSkullCompare").dataset
+    start = time.perf_counter()
+    if not (work / "nnUNet_preprocessed" / dataset.name / f"nnUNetPlans_{args.configuration}").is_dir():
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
+
+        with _quiet_stdout(log):
+            extract_fingerprints([DATASET_ID], num_processes=args.workers, check_dataset_integrity=True, show_progress_bar=False)
+            plan_experiments([DATASET_ID])
+            preprocess([DATASET_ID], configurations=(args.configuration,), num_processes=(args.workers,))
+    planning = time.perf_counter() - start
+    names = ", ".join(r.name for r in fam_runs)
+    print(f"fam-skull trained {fam_seconds:.0f} s ({names}); nnU-Net gets {budget:.0f} s; its planning took {planning:.0f} s")
+    trained = train_nnunet(dataset.name, args.configuration, budget, args.iterations, args.seconds_per_iteration, log)
+    per_iteration = trained["seconds"] / max(1, trained["iterations"])
+    print(
+        f"nnU-Net {args.configuration}: patch {trained['patch']}, batch {trained['batch']}, {trained['epochs']} of "
+        f"{trained['planned_epochs']} planned epochs x {args.iterations} iterations = {trained['iterations']} iterations in "
+        f"{trained['seconds']:.0f} s ({per_iteration:.1f} s/iteration; nnU-Net's default schedule is 1000 x 250 = 250000 "
+        f"iterations, {250000 / max(1, trained['iterations']):.0f}x more)"
+    )
+    nnunet_out = work / "nnunet_predictions"
+    nnunet_case = predict_nnunet(trained["trainer"], dataset / "imagesTs", nnunet_out, log)
+    import_nnunet(nnunet_out, dataset, work / "nnunet_as_famskull", method="nnU-Net")
+    from fam_skull.predict.options import MIN_COMPONENT_MM3
+
+    fam_case = predict_famskull(args.run, args.manifest, work / "famskull_predictions", args.min_component_mm3 or MIN_COMPONENT_MM3)
+    label = args.label or f"nnU-Net ({trained['iterations']} it.)"
+    result = evaluate(
+        EvaluateOptions(
+            predictions=[f"fam-skull={work / 'famskull_predictions'}", f"{label}={work / 'nnunet_as_famskull'}"],
+            manifest=args.manifest,
+            output=work / "report",
+            force=True,
+            quiet=True,
+        )
+    )
+    rows = {
+        "fam-skull": {"training": f"{fam_seconds:.0f} s", "predict": fam_case},
+        label: {"training": f"{trained['seconds']:.0f} s, {trained['iterations']} iterations", "predict": nnunet_case},
+    }
+    text = table(result.summaries, args.manifest, rows)
+    header = (
+        f"fam-skull: {args.run} ({', '.join(r.name for r in fam_runs)}). nnU-Net v2: nnUNetTrainer, {args.configuration}, "
+        f"patch {trained['patch']}, batch {trained['batch']}, fold 0 = fam-skull's train/val split, "
+        f"{trained['epochs']} epochs x {args.iterations} iterations (default 1000 x 250), CPU, {multiprocessing.cpu_count()} cores.\n\n"
+    )
+    (work / "comparison.md").write_text(header + text, encoding="utf-8")
+    (work / "comparison.json").write_text(
+        json.dumps({k: v for k, v in trained.items() if k != "trainer"} | {"fam_seconds": fam_seconds, "budget": budget}, indent=1),
+        encoding="utf-8",
+    )
+    print(header + text)
+    log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
