@@ -1,14 +1,19 @@
 """Seeded skull defects, placed anatomically in millimetres on canonical (LPS) masks.
 
 implant = complete AND region; defective = complete AND NOT region. A draw that removes less than 0.5% or
-more than 30% of the skull is redrawn. Types:
+more than 30% of the skull (35% for ``anywhere``) is redrawn. Types:
 
 - ``sphere``, ``cube``: AutoImplant/SkullFix-like, on the top quarter, centred on a skull voxel so they
   cannot miss (the cube is a square column reaching up through the vertex);
 - ``facial``: MONAI SkullRec-like anterior slab;
 - ``bilateral``, ``frontoorbital``, ``parietotemporal``: SkullBreak-like warped ellipsoids;
 - ``random``: a sphere of r ~ 28 +- 8 mm with 0-7 spheres of r ~ 16 +- 4 mm on its surface, blended
-  smoothly (log-sum-exp union) and elastically deformed.
+  smoothly (log-sum-exp union) and elastically deformed;
+- ``anywhere``: one to three defects (60/25/15%) anywhere on the skull's outer surface (a uniformly random
+  direction from the skull's centre, the outermost bone along it: vault, temporal walls, occiput, frontal bone,
+  orbits and face, the skull base), each either a hole (a warped elliptic column along that direction, through the
+  bone, radius 10-45 mm log-uniform: trephine holes to large craniectomies) or a flap (everything outward of a
+  warped cut surface 8-16 mm under the surface point, within 80 mm of it).
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ import numpy as np
 
 from data_prep.box import bounding_box
 
-DEFECT_TYPES = ("sphere", "cube", "facial", "bilateral", "frontoorbital", "parietotemporal", "random")
+DEFECT_TYPES = ("sphere", "cube", "facial", "bilateral", "frontoorbital", "parietotemporal", "random", "anywhere")
 MIN_REMOVED, MAX_REMOVED = 0.005, 0.30
+LIMITS = {"anywhere": (0.005, 0.35)}  # removed fraction of the skull; other types: (MIN_REMOVED, MAX_REMOVED)
+
+
+def limits(kind: str) -> tuple[float, float]:
+    """The removed fraction of the skull a ``kind`` defect must lie in."""
+    return LIMITS.get(kind, (MIN_REMOVED, MAX_REMOVED))
 
 
 class DefectError(ValueError):
@@ -53,6 +64,19 @@ class _Frame:
         idx = np.argwhere(self.mask[:, :, k0:])
         pick = idx[rng.integers(len(idx))] + np.array([0, 0, k0])
         return pick * self.spacing
+
+    def surface_point(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """The outermost skull voxel (mm) along a uniformly random direction from the skull's centre, and that
+        direction; None when the ray meets no bone (a scan cut off on that side)."""
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        step = float(self.spacing.min()) / 2
+        t = np.arange(0.0, float(np.linalg.norm(self.size)) / 2 + step, step)
+        idx = np.rint((self.centre + t[:, None] * d) / self.spacing).astype(int)
+        inside = np.all((idx >= 0) & (idx < np.array(self.mask.shape)), axis=1)
+        idx = idx[inside]
+        hits = np.flatnonzero(self.mask[idx[:, 0], idx[:, 1], idx[:, 2]])
+        return (idx[hits[-1]] * self.spacing, d) if len(hits) else None
 
     def box(self, centre: np.ndarray, half: Sequence[float] | np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]]:
         """Slices of the voxels within ``half`` mm of ``centre`` and their sparse mm coordinates minus centre."""
@@ -86,9 +110,48 @@ def _ellipsoid(frame, rng, centre, axes):
     return sl, f < 1
 
 
+def _tangents(n: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors perpendicular to ``n`` and to each other, turned by a random angle."""
+    e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(n, e1)
+    angle = rng.uniform(0, np.pi)
+    return np.cos(angle) * e1 + np.sin(angle) * e2, -np.sin(angle) * e1 + np.cos(angle) * e2
+
+
+def _dot(coords, v) -> np.ndarray:
+    return float(v[0]) * coords[0] + float(v[1]) * coords[1] + float(v[2]) * coords[2]
+
+
+def _anywhere(frame: _Frame, rng, scale: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    region = np.zeros(frame.mask.shape, bool)
+    for _ in range(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15])):
+        found = frame.surface_point(rng)
+        if found is None:
+            continue
+        point, n = found
+        if rng.random() < 0.5:  # a hole through the bone
+            r = float(np.exp(rng.uniform(np.log(10), np.log(45)))) * scale
+            depth = 20.0 * scale + r / 2
+            sl, c = frame.box(point, [r * 1.5 + depth] * 3)
+            e1, e2 = _tangents(n, rng)
+            ratio = rng.uniform(0.6, 1.0)
+            along = _dot(c, n)
+            f = (_dot(c, e1) / r) ** 2 + (_dot(c, e2) / (r * ratio)) ** 2 + _waves(c, rng, 0.3, 3 * r)
+            local = (f < 1) & (np.abs(along) < depth)
+        else:  # a flap: everything outward of a warped cut surface
+            h, reach = rng.uniform(8, 16) * scale, 80.0 * scale
+            sl, c = frame.box(point, [reach] * 3)
+            local = (_dot(c, n) + _waves(c, rng, 0.2 * h, 80.0) > -h) & (sum(ci * ci for ci in c) < reach * reach)
+        region[sl] |= local
+    return (slice(None),) * 3, region
+
+
 def _draw(kind: str, frame: _Frame, rng) -> tuple[tuple[slice, ...], np.ndarray]:
     size, lo, hi, mid = frame.size, frame.lo, frame.hi, frame.centre
     scale = float(size[0]) / 145.0  # defects scale with the head's width
+    if kind == "anywhere":
+        return _anywhere(frame, rng, scale)
     if kind == "sphere":
         centre, r = frame.skull_point(rng, 0.75), rng.uniform(14, 24) * scale
         sl, c = frame.box(centre, [r] * 3)
@@ -137,7 +200,8 @@ def make_defect(complete: np.ndarray, spacing: Sequence[float] | np.ndarray, kin
     """Draw a ``kind`` defect on a canonical (LPS, x-y-z) skull mask with ``spacing`` in mm.
 
     Raises:
-        ValueError: unknown type. DefectError: no draw removed 0.5-30% of the skull in ``max_attempts``.
+        ValueError: unknown type. DefectError: no draw removed 0.5-30% (``anywhere``: 35%) of the skull in
+        ``max_attempts``.
     """
     if kind not in DEFECT_TYPES:
         raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
@@ -146,16 +210,17 @@ def make_defect(complete: np.ndarray, spacing: Sequence[float] | np.ndarray, kin
     frame = _Frame(complete, spacing)
     rng = np.random.default_rng(seed)
     total = int(complete.sum())
+    low, high = limits(kind)
     fractions = []
     for attempt in range(1, max_attempts + 1):
         sl, local = _draw(kind, frame, rng)
         removed = int(np.count_nonzero(local & complete[sl])) / total
         fractions.append(removed)
-        if MIN_REMOVED <= removed <= MAX_REMOVED:
+        if low <= removed <= high:
             region = np.zeros(complete.shape, bool)
             region[sl] = local
             return Defect(region, removed, attempt)
     raise DefectError(
-        f"no {kind} defect removed {MIN_REMOVED:.1%}-{MAX_REMOVED:.0%} of the skull in {max_attempts} draws "
+        f"no {kind} defect removed {low:.1%}-{high:.0%} of the skull in {max_attempts} draws "
         f"(removed {min(fractions):.2%}-{max(fractions):.2%}); is the mask a whole skull?"
     )

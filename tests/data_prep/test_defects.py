@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data_prep.defects import DEFECT_TYPES, DefectError, make_defect
+from data_prep.defects import DEFECT_TYPES, DefectError, limits, make_defect
 from data_prep.phantom import synthetic_skull
 
 
@@ -16,7 +16,8 @@ def test_each_defect_removes_a_plausible_part(skull, kind):
     d = make_defect(mask, spacing, kind, seed=3)
     implant = mask & d.region
     defective = mask & ~d.region
-    assert 0.005 <= implant.sum() / mask.sum() <= 0.30
+    low, high = limits(kind)
+    assert low <= implant.sum() / mask.sum() <= high
     assert d.removed_fraction == pytest.approx(implant.sum() / mask.sum())
     # implant and defective partition the complete skull
     assert not (implant & defective).any() and np.array_equal(implant | defective, mask)
@@ -39,7 +40,7 @@ PLACEMENT = {
 }
 
 
-@pytest.mark.parametrize("kind", DEFECT_TYPES)
+@pytest.mark.parametrize("kind", PLACEMENT)  # anywhere: tests/data_prep/test_coverage.py
 def test_anatomical_placement(skull, kind):
     mask, spacing, _ = skull
     extent = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
