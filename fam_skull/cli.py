@@ -157,6 +157,9 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roles", type=_names, default=d.roles, help="manifest roles to predict (default eval1,eval2)")
     p.add_argument("--checkpoint", default=d.checkpoint, help="best, last, epoch_NNNN or a .pt path")
     p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="drop smaller implant pieces")
+    rim = p.add_mutually_exclusive_group()
+    rim.add_argument("--rim-mm", type=float, default=d.rim_mm, help="drop implant pieces farther from the skull (default %(default)s mm)")
+    rim.add_argument("--keep-floating", dest="rim_mm", action="store_const", const=None, help="keep implant pieces that touch no bone")
     p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
     p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
     p.add_argument(

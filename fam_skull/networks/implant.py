@@ -109,3 +109,21 @@ def clean_implant(implant: np.ndarray, spacing: Sequence[float], min_component_m
     keep = sizes >= min_component_mm3
     keep[0] = False
     return keep[labels]
+
+
+def rim_implant(implant: np.ndarray, defective: np.ndarray, spacing: Sequence[float], reach_mm: float | None) -> np.ndarray:
+    """Keep the implant's connected components that come within ``reach_mm`` of the defective skull: an implant
+    fills a gap of the skull and so meets its rim; a piece floating in the cranial cavity or outside the head does
+    not (None: keep everything)."""
+    if reach_mm is None or not implant.any():
+        return implant
+    labels, n = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
+    reach = [int(np.ceil(reach_mm / s)) for s in spacing]
+    box = bounding_box(implant, margin=[r + 1 for r in reach])
+    assert box is not None  # the implant is not empty
+    near = ndimage.distance_transform_edt(~defective[box], sampling=spacing) <= reach_mm
+    touching = np.unique(labels[box][near & implant[box]])
+    keep = np.zeros(n + 1, bool)
+    keep[touching] = True
+    keep[0] = False
+    return keep[labels]

@@ -11,6 +11,8 @@ from data_prep.preprocess import BONE_HU
 
 # implant pieces smaller than this are resampling slivers along the rim (predict, export, sweep, the bundle)
 MIN_COMPONENT_MM3 = 100.0
+# implant pieces farther than this from the defective skull fill no gap: they float in the cavity or outside the head
+RIM_MM = 3.0
 Frame = Literal["LPS", "RAS"]  # the patient frame of a mesh's millimetres (fam_skull.predict.mesh)
 SMOOTHING_ITERATIONS = 10  # Taubin passes (lambda 0.5, mu -0.53) of a mesh: removes the voxel steps, keeps the volume
 
@@ -28,6 +30,8 @@ class PredictOptions:
         roles: manifest roles to predict (default both evaluation sets).
         checkpoint: ``best``, ``last``, ``epoch_NNNN`` or a .pt path.
         min_component_mm3: implant components smaller than this are removed.
+        rim_mm: implant components with no voxel within this distance of the defective skull are removed (None:
+            kept).
         stl: also write ``<id>_implant.stl``.
         roi_size: sliding-window size on the grid (None: the whole grid at once).
         stage: ``coarse`` or ``refined`` (a refinement run only); default: the run's own stage.
@@ -42,6 +46,7 @@ class PredictOptions:
     roles: tuple[str, ...] = ("eval1", "eval2")
     checkpoint: str = "best"
     min_component_mm3: float = MIN_COMPONENT_MM3
+    rim_mm: float | None = RIM_MM
     stl: bool = False
     roi_size: tuple[int, int, int] | None = None
     stage: str | None = None

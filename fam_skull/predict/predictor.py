@@ -30,10 +30,10 @@ from data_prep.preprocess import Layout
 from data_prep.progress import progress
 from fam_skull.common.paths import PredictionFolder
 from fam_skull.config import Config, RefineConfig, method_label
-from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, scan_probability
+from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, rim_implant, scan_probability
 from fam_skull.networks.trained import load_run
 from fam_skull.predict.inputs import CaseInput, file_cases, manifest_cases
-from fam_skull.predict.options import MIN_COMPONENT_MM3, PredictOptions
+from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM, PredictOptions
 from fam_skull.predict.outputs import write_case
 
 log = logging.getLogger("fam_skull.predict")
@@ -51,6 +51,7 @@ class Predictor:
     refine: RefineConfig = field(default_factory=RefineConfig)
     roi_size: Sequence[int] | None = None
     min_component_mm3: float = MIN_COMPONENT_MM3
+    rim_mm: float | None = RIM_MM
 
     def implant(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The defective skull and the implant, both in the original geometry (x, y, z arrays)."""
@@ -62,7 +63,9 @@ class Predictor:
             r = self.refine
             refined = refine_implant(self.refiner, canonical, probability, layout.canonical.spacing, r.patch, r.margin_mm, self.device)
             added = to_array(layout.to_original(refined)) != 0
-        return defective, clean_implant(added & ~defective, layout.original.spacing, self.min_component_mm3)
+        spacing = layout.original.spacing
+        implant = clean_implant(added & ~defective, spacing, self.min_component_mm3)
+        return defective, rim_implant(implant, defective, spacing, self.rim_mm)
 
 
 @dataclass
@@ -137,6 +140,7 @@ def load_predictor(
     stage: str | None = None,
     roi_size: Sequence[int] | None = None,
     min_component_mm3: float = MIN_COMPONENT_MM3,
+    rim_mm: float | None = RIM_MM,
 ) -> tuple[Predictor, Config, tuple[int, ...], list[Path], str]:
     """The :class:`Predictor` of a trained run (a refinement run brings its coarse run), its config, grid, the
     checkpoints it was loaded from and the stage it runs (default: refined for a refinement run, else coarse).
@@ -153,7 +157,7 @@ def load_predictor(
     if roi_size is not None and config.model.name == "linear_ae":
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
     checkpoints = [ckpt]
-    predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3)
+    predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3, rim_mm=rim_mm)
     if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
         coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, torch_device)
         predictor.coarse, checkpoints = coarse, [coarse_ckpt]
@@ -173,7 +177,7 @@ def predict(opts: PredictOptions) -> PredictResult:
     """
     with claim(opts.output, "predict"):
         predictor, config, grid, checkpoints, stage = load_predictor(
-            opts.run, opts.checkpoint, opts.device, opts.stage, opts.roi_size, opts.min_component_mm3
+            opts.run, opts.checkpoint, opts.device, opts.stage, opts.roi_size, opts.min_component_mm3, opts.rim_mm
         )
         cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
             opts.files, grid, opts.input_kind, opts.threshold
@@ -181,7 +185,13 @@ def predict(opts: PredictOptions) -> PredictResult:
         about = {
             "run": str(Path(opts.run).resolve()),
             "checkpoint": str(checkpoints[-1]),
-            "weights": {"checkpoints": [file_stamp(c) for c in checkpoints], "stage": stage},
+            # what the files depend on: other weights or other post-processing make earlier predictions stale
+            "weights": {
+                "checkpoints": [file_stamp(c) for c in checkpoints],
+                "stage": stage,
+                "min_component_mm3": opts.min_component_mm3,
+                "rim_mm": opts.rim_mm,
+            },
             "stage": stage,
             "method": method_label(config),
             "config": yaml.safe_load(config.to_yaml()),
