@@ -48,11 +48,13 @@ def trained_run(tmp_path_factory, manifest):
 
 @pytest.fixture(scope="session")
 def predictions(tmp_path_factory, manifest, trained_run):
-    """The 2-epoch run's predictions of the tiny dataset's evaluation sets."""
+    """The 2-epoch run's predictions of the tiny dataset's evaluation sets (its scattered pieces kept, floating or
+    not, so that every case has an implant to score)."""
     from fam_skull.cli import main
 
     out = tmp_path_factory.mktemp("pred")
-    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--quiet"]) == 0
+    argv = ["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--keep-floating", "--quiet"]
+    assert main(argv) == 0
     return out
 
 

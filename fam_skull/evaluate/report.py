@@ -104,6 +104,28 @@ def paper_table(
     return md_text, out.getvalue()
 
 
+def defect_table(summaries: dict[str, dict], manifest: Manifest, sets: Sequence[str]) -> tuple[str, str]:
+    """Implant quality per method, set and defect type: cases, DSC, boundary DSC, HD95 (means over the cases
+    scored) and how many predictions were empty; a held-out type that fails shows here, not in a set's mean."""
+    defect = {c["id"]: c.get("defect") or "-" for c in manifest.cases}
+    header = ["method", "set", "defect type", "cases", "DSC", "boundary DSC", "HD95", "empty predictions"]
+    rows = []
+    for label, summary in summaries.items():
+        for s in sets:
+            scored = [r for r in summary["metric_per_case"] if r["set"] == s and "error" not in r]
+            for kind in sorted({defect.get(r["case"], "-") for r in scored}):
+                typed = [r["implant"] for r in scored if defect.get(r["case"], "-") == kind]
+                cells = [_cell([float(np.mean([m[k] for m in typed if m.get(k) is not None]))], k) for k, _ in QUALITY]
+                empty = sum(m.get("empty") in ("prediction", "both") for m in typed)
+                rows.append([label, SET_NAMES.get(s, s), kind, str(len(typed)), *cells, str(empty)])
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    units = next(iter(summaries.values())).get("units", "mm") if summaries else "mm"
+    text = "\n".join(md) + f"\n\nImplant metrics per defect type (means over cases); HD95 in {units}.\n"
+    out = io.StringIO()
+    csv.writer(out).writerows([header, *rows])
+    return text, out.getvalue()
+
+
 def per_case_csv(summaries: dict[str, dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -131,11 +153,15 @@ def box_plots(summaries: dict[str, dict], sets: Sequence[str], path: Path) -> No
     fig, axes = plt.subplots(len(sets), 2, figsize=(14, 1.2 + (0.45 * len(methods) + 0.8) * len(sets)), squeeze=False)
     for i, s in enumerate(sets):
         for j, (metric, name) in enumerate((("dsc", "implant DSC"), ("hd95", "implant HD95 (mm, log scale)"))):
-            data = [[r["implant"][metric] for r in rows if r["set"] == s and "error" not in r] for rows in methods.values()]
+            values = [[r["implant"][metric] for r in rows if r["set"] == s and "error" not in r] for rows in methods.values()]
+            data = [[v for v in d if np.isfinite(v)] for d in values]  # an empty mask scored inf (--empty inf) has no place
             ax = axes[i, j]
             ax.boxplot([d if d else [np.nan] for d in data], vert=False, widths=0.6, flierprops={"markersize": 3, "alpha": 0.5})
             ax.set_yticks(range(1, len(methods) + 1), list(methods), fontsize=9)
             ax.invert_yaxis()  # the first method on top, as in the tables
+            infinite = sum(len(d) for d in values) - sum(len(d) for d in data)
+            if infinite:
+                name += f"; {infinite} infinite not shown"
             if metric == "hd95" and any(v > 0 for d in data for v in d):  # log needs a positive value
                 ax.set_xscale("log")
             else:
@@ -199,7 +225,8 @@ def overlays(summary: dict, manifest: Manifest, path: Path) -> None:
 
 
 def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, sets: Sequence[str]) -> None:
-    """table(.md/.csv) for implants, table_complete(.md/.csv) for completed skulls, per_case.csv,
+    """table(.md/.csv) for implants, table_quality and table_types (per defect type) for implant quality,
+    table_complete(.md/.csv) for completed skulls, per_case.csv,
     boxplots.png, overlays_<method>.png and report.md in ``output``."""
 
     output.mkdir(parents=True, exist_ok=True)
@@ -211,6 +238,9 @@ def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, 
     md, text = paper_table(runs, sets, "implant", QUALITY, subsets=False)
     atomic_write_text(output / "table_quality.md", md)
     atomic_write_text(output / "table_quality.csv", text)
+    md, text = defect_table(summaries, manifest, sets)
+    atomic_write_text(output / "table_types.md", md)
+    atomic_write_text(output / "table_types.csv", text)
     atomic_write_text(output / "per_case.csv", per_case_csv(summaries))
     box_plots(summaries, sets, output / "boxplots.png")
     for label, summary in summaries.items():
@@ -224,6 +254,9 @@ def write_reports(summaries: dict[str, dict], manifest: Manifest, output: Path, 
         "## Implant quality",
         "",
         (output / "table_quality.md").read_text(encoding="utf-8"),
+        "## By defect type",
+        "",
+        (output / "table_types.md").read_text(encoding="utf-8"),
         "## Completed skulls",
         "",
         (output / "table_complete.md").read_text(encoding="utf-8"),

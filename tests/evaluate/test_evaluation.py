@@ -14,13 +14,6 @@ from data_prep.manifest import Manifest
 from fam_skull.cli import main
 
 
-@pytest.fixture(scope="module")
-def predictions(tmp_path_factory, manifest, trained_run):
-    out = tmp_path_factory.mktemp("pred")
-    assert main(["predict", "--run", str(trained_run), "--manifest", str(manifest), "--output", str(out), "--quiet"]) == 0
-    return out
-
-
 def test_reports_and_medpy_checked_aggregates(tmp_path, manifest, predictions):
     second = tmp_path / "fam_pred"
     shutil.copytree(predictions, second)

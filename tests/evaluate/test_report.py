@@ -30,3 +30,23 @@ def test_paper_table_cells_are_seed_means_and_sample_stds():
     )
     assert lines[3] == "| one run | 0.7000 | 0.6000 | 10.000 | 8.000 | 5.000 | 4.000 |"
     assert "baseline (2 seeds)" in csv_text
+
+
+def test_defect_table_rows_are_per_type_means_with_empty_counts(tmp_path):
+    from data_prep.manifest import Manifest
+    from fam_skull.evaluate.report import defect_table
+
+    cases = [{"id": i, "defect": d} for i, d in (("a", "sphere"), ("b", "sphere"), ("c", "facial"), ("d", "facial"))]
+    manifest = Manifest(tmp_path / "manifest.json", {"cases": cases})
+
+    def case(cid, s, dsc, bdsc, hd95, empty=None):
+        return {"case": cid, "set": s, "implant": {"dsc": dsc, "bdsc": bdsc, "hd95": hd95, "empty": empty}}
+
+    per_case = [case("a", "eval1", 0.8, 0.9, 2.0), case("b", "eval1", 0.6, 0.7, 4.0), case("c", "eval2", 0.0, 0.0, 50.0, "prediction")]
+    per_case.append({"case": "d", "set": "eval2", "error": "unreadable"})
+    md, text = defect_table({"baseline": {"metric_per_case": per_case}}, manifest, ("eval1", "eval2"))
+    rows = [line.split(",") for line in text.strip().splitlines()]
+    assert rows[0][:4] == ["method", "set", "defect type", "cases"]
+    assert rows[1] == ["baseline", "set 1", "sphere", "2", "0.7000", "0.800", "3.000", "0"]
+    assert rows[2] == ["baseline", "set 2", "facial", "1", "0.0000", "0.000", "50.000", "1"]
+    assert len(rows) == 3 and "| baseline | set 2 | facial | 1 |" in md
