@@ -160,6 +160,7 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     rim = p.add_mutually_exclusive_group()
     rim.add_argument("--rim-mm", type=float, default=d.rim_mm, help="drop implant pieces farther from the skull (default %(default)s mm)")
     rim.add_argument("--keep-floating", dest="rim_mm", action="store_const", const=None, help="keep implant pieces that touch no bone")
+    p.add_argument("--flips", action="store_true", help="test-time flips: mean of the scan and its mirror image, and their disagreement")
     p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
     p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
     p.add_argument(

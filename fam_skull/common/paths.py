@@ -48,7 +48,7 @@ class RunFolder:
 @dataclass(frozen=True)
 class PredictionFolder:
     """A folder written by ``fam-skull predict``: ``<id>_complete.nii.gz``, ``<id>_implant.nii.gz`` (and
-    ``<id>_implant.stl``) per case, listed in ``predictions.json``."""
+    ``<id>_implant.stl``, ``<id>_flip_disagreement.nii.gz``) per case, listed in ``predictions.json``."""
 
     path: Path
 
@@ -57,10 +57,11 @@ class PredictionFolder:
         return self.path / "predictions.json"
 
     @staticmethod
-    def case_files(case_id: str, stl: bool = False) -> dict[str, str]:
+    def case_files(case_id: str, stl: bool = False, disagreement: bool = False) -> dict[str, str]:
         """The file names of one case's predictions, by kind."""
         files = {"complete": f"{case_id}_complete.nii.gz", "implant": f"{case_id}_implant.nii.gz"}
-        return files | ({"stl": f"{case_id}_implant.stl"} if stl else {})
+        files |= {"stl": f"{case_id}_implant.stl"} if stl else {}
+        return files | ({"disagreement": f"{case_id}_flip_disagreement.nii.gz"} if disagreement else {})
 
     def read_index(self) -> dict:
         """The folder's index.

@@ -11,7 +11,7 @@ original geometry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,34 +33,62 @@ def implant_mask(logits: torch.Tensor, defective: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1, keepdim=True) == 1) & ~(defective > 0.5)
 
 
-@torch.no_grad()
-def implant_on_grid(
-    model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device, roi_size: Sequence[int] | None = None
-) -> np.ndarray:
-    """The coarse network's implant (:func:`implant_mask`) on the training grid (bool)."""
-    x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
-    if roi_size is not None:
+def mirrored(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time flips: the implant probability of ``forward`` on ``x`` and on ``x`` mirrored left-right (dim 2,
+    the LPS x axis of (B, C, X, Y, Z)) mirrored back; their mean and their absolute difference (B, 1, ...)."""
+    p = torch.softmax(forward(x).float(), 1)[:, 1:2]
+    q = torch.softmax(forward(x.flip(2)).float(), 1)[:, 1:2].flip(2)
+    return (p + q) / 2, (p - q).abs()
+
+
+def _grid_forward(model: torch.nn.Module, roi_size: Sequence[int] | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    if roi_size is None:
+        return model
+
+    def window(x: torch.Tensor) -> torch.Tensor:
         logits = sliding_window_inference(x, roi_size, WINDOW_BATCH, model, overlap=0.25)
         assert isinstance(logits, torch.Tensor)  # the model returns one tensor
-    else:
-        logits = model(x)
-    return implant_mask(logits, x)[0, 0].cpu().numpy()
+        return logits
+
+    return window
 
 
 @torch.no_grad()
-def coarse_probability(model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device) -> np.ndarray:
-    """The coarse network's implant probability on the grid (float32), zero on the bone it was given."""
+def implant_on_grid(
+    model: torch.nn.Module,
+    defective_grid: np.ndarray,
+    device: torch.device,
+    roi_size: Sequence[int] | None = None,
+    flips: bool = False,
+    disagreement: np.ndarray | None = None,
+) -> np.ndarray:
+    """The coarse network's implant (:func:`implant_mask`) on the training grid (bool); with ``flips``, where the
+    mean probability of :func:`mirrored` exceeds 0.5, its difference written into ``disagreement`` if given."""
     x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
-    p = torch.softmax(model(x).float(), 1)[0, 1]
+    forward = _grid_forward(model, roi_size)
+    if not flips:
+        return implant_mask(forward(x), x)[0, 0].cpu().numpy()
+    mean, difference = mirrored(forward, x)
+    if disagreement is not None:
+        disagreement[...] = difference[0, 0].cpu().numpy()
+    return ((mean > 0.5) & (x < 0.5))[0, 0].cpu().numpy()
+
+
+@torch.no_grad()
+def coarse_probability(model: torch.nn.Module, defective_grid: np.ndarray, device: torch.device, flips: bool = False) -> np.ndarray:
+    """The coarse network's implant probability on the grid (float32), zero on the bone it was given (with
+    ``flips``, the mean of :func:`mirrored`)."""
+    x = torch.from_numpy(defective_grid.astype(np.float32))[None, None].to(device)
+    p = mirrored(model, x)[0][0, 0] if flips else torch.softmax(model(x).float(), 1)[0, 1]
     return (p * (x[0, 0] < 0.5)).cpu().numpy()
 
 
 def scan_probability(
-    model: torch.nn.Module, defective_grid: np.ndarray, layout: Layout, defective: np.ndarray, device: torch.device
+    model: torch.nn.Module, defective_grid: np.ndarray, layout: Layout, defective: np.ndarray, device: torch.device, flips: bool = False
 ) -> np.ndarray:
     """The coarse implant probability resampled to the canonical array at the scan's resolution, zero on
     ``defective`` (the canonical defective skull): the refinement network's second input channel."""
-    return (layout.canonical_from_grid(coarse_probability(model, defective_grid, device)) * ~defective).astype(np.float32)
+    return (layout.canonical_from_grid(coarse_probability(model, defective_grid, device, flips)) * ~defective).astype(np.float32)
 
 
 def defect_box(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> tuple[slice, ...] | None:
@@ -79,6 +107,8 @@ def refine_implant(
     margin_mm: float,
     device: torch.device,
     box: tuple[slice, ...] | None = None,
+    flips: bool = False,
+    disagreement: np.ndarray | None = None,
 ) -> np.ndarray:
     """The refined implant (bool, canonical array at the scan's resolution).
 
@@ -87,15 +117,27 @@ def refine_implant(
         probability: the coarse implant probability resampled to the same array.
         spacing: voxel size in mm; patch: the sliding window (voxels); margin_mm: the box margin.
         box: the box to refine (default: around the coarse implant, probability >= 0.5).
+        flips: the mean probability of :func:`mirrored` above 0.5 instead of the network's argmax; its
+            difference is written into ``disagreement`` (same shape as ``defective``) inside the box if given.
     """
     out = np.zeros(defective.shape, bool)
     box = box if box is not None else defect_box(probability >= 0.5, spacing, margin_mm)
     if box is None:
         return out
     x = torch.from_numpy(np.stack([defective[box], probability[box]]).astype(np.float32))[None].to(device)
-    logits = sliding_window_inference(x, tuple(patch), WINDOW_BATCH, model, overlap=0.25, mode="gaussian")
-    assert isinstance(logits, torch.Tensor)  # the model returns one tensor
-    out[box] = implant_mask(logits, x[:, :1])[0, 0].cpu().numpy()
+
+    def window(t: torch.Tensor) -> torch.Tensor:
+        logits = sliding_window_inference(t, tuple(patch), WINDOW_BATCH, model, overlap=0.25, mode="gaussian")
+        assert isinstance(logits, torch.Tensor)  # the model returns one tensor
+        return logits
+
+    if not flips:
+        out[box] = implant_mask(window(x), x[:, :1])[0, 0].cpu().numpy()
+        return out
+    mean, difference = mirrored(window, x)
+    out[box] = ((mean > 0.5) & (x[:, :1] < 0.5))[0, 0].cpu().numpy()
+    if disagreement is not None:
+        disagreement[box] = difference[0, 0].cpu().numpy()
     return out
 
 

@@ -32,6 +32,8 @@ class PredictOptions:
         min_component_mm3: implant components smaller than this are removed.
         rim_mm: implant components with no voxel within this distance of the defective skull are removed (None:
             kept).
+        flips: test-time flips: the implant is where the mean probability of the scan and of its left-right mirror
+            image (mirrored back) exceeds 0.5, and ``<id>_flip_disagreement.nii.gz`` holds their difference (%).
         stl: also write ``<id>_implant.stl``.
         roi_size: sliding-window size on the grid (None: the whole grid at once).
         stage: ``coarse`` or ``refined`` (a refinement run only); default: the run's own stage.
@@ -47,6 +49,7 @@ class PredictOptions:
     checkpoint: str = "best"
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM
+    flips: bool = False
     stl: bool = False
     roi_size: tuple[int, int, int] | None = None
     stage: str | None = None

@@ -13,12 +13,23 @@ from fam_skull.common.paths import PredictionFolder
 from fam_skull.predict.mesh import write_stl
 
 
-def write_case(output: Path, case_id: str, defective: np.ndarray, implant: np.ndarray, layout: Layout, stl: bool = False) -> dict:
-    """Write the completed skull and the implant (and the implant's STL when there is one); returns their names."""
-    files = PredictionFolder.case_files(case_id, stl and bool(implant.any()))
+def write_case(
+    output: Path,
+    case_id: str,
+    defective: np.ndarray,
+    implant: np.ndarray,
+    layout: Layout,
+    stl: bool = False,
+    disagreement: np.ndarray | None = None,
+) -> dict:
+    """Write the completed skull and the implant (and the implant's STL when there is one, and the test-time flips'
+    disagreement in percent when given); returns their names."""
+    files = PredictionFolder.case_files(case_id, stl and bool(implant.any()), disagreement is not None)
     write_image(from_array((defective | implant).astype(np.uint8), layout.original), output / files["complete"])
     implant_image = from_array(implant.astype(np.uint8), layout.original)
     write_image(implant_image, output / files["implant"])
     if "stl" in files:
         write_stl(implant, implant_image, output / files["stl"])
+    if disagreement is not None:
+        write_image(from_array(disagreement.astype(np.uint8), layout.original), output / files["disagreement"])
     return files

@@ -52,20 +52,57 @@ class Predictor:
     roi_size: Sequence[int] | None = None
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM
+    flips: bool = False
 
     def implant(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The defective skull and the implant, both in the original geometry (x, y, z arrays)."""
+        case = self.predict_case(defective_grid, layout, canonical)
+        return case.defective, case.implant
+
+    def predict_case(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> CasePrediction:
+        """:meth:`implant`, and with ``flips`` the disagreement of the two mirrored predictions."""
         defective = to_array(layout.to_original(canonical)) != 0
+        disagreement = None
         if self.refiner is None:
-            added = to_array(layout.from_grid(implant_on_grid(self.coarse, defective_grid, self.device, self.roi_size))) != 0
+            if self.flips:
+                disagreement = np.zeros(defective_grid.shape, np.float32)
+            grid = implant_on_grid(self.coarse, defective_grid, self.device, self.roi_size, self.flips, disagreement)
+            added = to_array(layout.from_grid(grid)) != 0
+            if disagreement is not None:
+                disagreement = layout.canonical_from_grid(disagreement)
         else:
-            probability = scan_probability(self.coarse, defective_grid, layout, canonical, self.device)
+            probability = scan_probability(self.coarse, defective_grid, layout, canonical, self.device, self.flips)
             r = self.refine
-            refined = refine_implant(self.refiner, canonical, probability, layout.canonical.spacing, r.patch, r.margin_mm, self.device)
+            if self.flips:
+                disagreement = np.zeros(canonical.shape, np.float32)
+            refined = refine_implant(
+                self.refiner,
+                canonical,
+                probability,
+                layout.canonical.spacing,
+                r.patch,
+                r.margin_mm,
+                self.device,
+                flips=self.flips,
+                disagreement=disagreement,
+            )
             added = to_array(layout.to_original(refined)) != 0
         spacing = layout.original.spacing
         implant = clean_implant(added & ~defective, spacing, self.min_component_mm3)
-        return defective, rim_implant(implant, defective, spacing, self.rim_mm)
+        implant = rim_implant(implant, defective, spacing, self.rim_mm)
+        if disagreement is not None:  # in percent, in the original geometry
+            disagreement = to_array(layout.to_original(np.rint(100 * np.clip(disagreement, 0, 1)).astype(np.uint8)))
+        return CasePrediction(defective, implant, disagreement)
+
+
+@dataclass
+class CasePrediction:
+    """One case's prediction in its original geometry: the defective skull, the implant, and (with test-time
+    flips) how far the two mirrored implant probabilities differ per voxel, in percent."""
+
+    defective: np.ndarray
+    implant: np.ndarray
+    disagreement: np.ndarray | None = None
 
 
 @dataclass
@@ -120,8 +157,9 @@ def predict_cases(
             continue
         try:
             defective_grid, layout, canonical = case.load()
-            defective, implant = predictor.implant(defective_grid, layout, canonical)
-            files = write_case(output, case.id, defective, implant, layout, stl)
+            prediction = predictor.predict_case(defective_grid, layout, canonical)
+            files = write_case(output, case.id, prediction.defective, prediction.implant, layout, stl, prediction.disagreement)
+            implant = prediction.implant
             done[case.id] = {"source": case.source, "files": files, "implant_voxels": int(implant.sum())}
             predicted += 1
         except (VolumeError, ValueError, RuntimeError) as e:
@@ -141,6 +179,7 @@ def load_predictor(
     roi_size: Sequence[int] | None = None,
     min_component_mm3: float = MIN_COMPONENT_MM3,
     rim_mm: float | None = RIM_MM,
+    flips: bool = False,
 ) -> tuple[Predictor, Config, tuple[int, ...], list[Path], str]:
     """The :class:`Predictor` of a trained run (a refinement run brings its coarse run), its config, grid, the
     checkpoints it was loaded from and the stage it runs (default: refined for a refinement run, else coarse).
@@ -157,7 +196,7 @@ def load_predictor(
     if roi_size is not None and config.model.name == "linear_ae":
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
     checkpoints = [ckpt]
-    predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3, rim_mm=rim_mm)
+    predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3, rim_mm=rim_mm, flips=flips)
     if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
         coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, torch_device)
         predictor.coarse, checkpoints = coarse, [coarse_ckpt]
@@ -177,7 +216,7 @@ def predict(opts: PredictOptions) -> PredictResult:
     """
     with claim(opts.output, "predict"):
         predictor, config, grid, checkpoints, stage = load_predictor(
-            opts.run, opts.checkpoint, opts.device, opts.stage, opts.roi_size, opts.min_component_mm3, opts.rim_mm
+            opts.run, opts.checkpoint, opts.device, opts.stage, opts.roi_size, opts.min_component_mm3, opts.rim_mm, opts.flips
         )
         cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
             opts.files, grid, opts.input_kind, opts.threshold
@@ -191,6 +230,7 @@ def predict(opts: PredictOptions) -> PredictResult:
                 "stage": stage,
                 "min_component_mm3": opts.min_component_mm3,
                 "rim_mm": opts.rim_mm,
+                "flips": opts.flips,
             },
             "stage": stage,
             "method": method_label(config),
