@@ -1,0 +1,217 @@
+"""The shift table: a trained run's implants on inputs that no training case resembles, beside its eval1 cases.
+
+    python -m fam_skull.experiments.shift --run RUN --manifest MANIFEST --output OUT [--flips] [--keep-floating]
+
+Rows, each built from the manifest's evaluation skulls in their original geometry (LPS) and predicted as files with
+``fam-skull predict``:
+
+- ``eval1``: the eval1 cases as prepared (the reference row);
+- ``healthy``: the evaluation skulls' complete skulls, no defect: the implant should be empty (its volume, ml);
+- ``two defects``: a sphere and a parietotemporal defect cut from one skull at once;
+- ``large defect``: bilateral and frontoorbital together, at least 25% of the bone (seeds advanced until it is;
+  after ten seeds a parietotemporal defect is added);
+- ``field-of-view crop``: the eval1 cases with their lowest 35% of axial slices blank (a scan cut above the orbits);
+- ``thick slices``: the eval1 cases at three times their slice spacing (masks resampled linearly, cut at 0.5);
+- ``real anatomy``: the MNI152 template's skull (:mod:`data_prep.template`, needs nilearn) at the manifest's original
+  shape, with sphere, bilateral, parietotemporal, random and anywhere defects.
+
+Scores: implant DSC, boundary DSC, HD95 (mm) against the reference implant, and the predicted and true implant
+volumes (ml). Writes OUT/shift.md, OUT/shift.csv (per case) and OUT/predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from data_prep.defects import DefectError, make_defect
+from data_prep.io import atomic_write_text, from_array, read_image, to_array, write_image
+from data_prep.manifest import Manifest
+from data_prep.preprocess import CANONICAL
+from fam_skull.metrics import compute_metrics
+from fam_skull.predict import PredictOptions, predict
+from fam_skull.predict.options import RIM_MM
+
+log = logging.getLogger("fam_skull.shift")
+ROWS = ("eval1", "healthy", "two defects", "large defect", "field-of-view crop", "thick slices", "real anatomy")
+ANATOMY_DEFECTS = ("sphere", "bilateral", "parietotemporal", "random", "anywhere")
+LARGE = 0.25
+CROP = 0.35
+THICK = 3
+
+
+@dataclass
+class Case:
+    row: str
+    name: str
+    defective: np.ndarray  # LPS (x, y, z)
+    implant: np.ndarray
+    image: sitk.Image  # the geometry
+
+
+def _lps(path: Path) -> sitk.Image:
+    return sitk.DICOMOrient(read_image(path), CANONICAL)
+
+
+def _cut(complete: np.ndarray, spacing, kinds: tuple[str, ...], seed: int) -> np.ndarray:
+    region = np.zeros(complete.shape, bool)
+    for k, kind in enumerate(kinds):
+        region |= make_defect(complete, spacing, kind, seed + 101 * k).region
+    return region & complete
+
+
+def _thick(image: sitk.Image, masks: list[np.ndarray]) -> tuple[sitk.Image, list[np.ndarray]]:
+    spacing = list(image.GetSpacing())
+    size = list(image.GetSize())
+    spacing[2] *= THICK
+    size[2] = max(2, size[2] // THICK)
+    out = []
+    for mask in masks:
+        source = from_array(mask.astype(np.float32), None)
+        source.CopyInformation(image)
+        resampled = sitk.Resample(source, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing, image.GetDirection())
+        out.append(to_array(resampled) >= 0.5)
+    reference = sitk.Image(size, sitk.sitkUInt8)
+    reference.SetSpacing(spacing)
+    reference.SetOrigin(image.GetOrigin())
+    reference.SetDirection(image.GetDirection())
+    return reference, out
+
+
+def build_cases(manifest: Manifest, seed: int = 0, anatomy: bool = True) -> list[Case]:
+    """Every row's cases (the module docstring says how each is made)."""
+    cases = []
+    eval1 = manifest.role("eval1")
+    for case in eval1:
+        image = _lps(manifest.file(case, "original", "defective"))
+        defective, implant = to_array(image) != 0, to_array(_lps(manifest.file(case, "original", "implant"))) != 0
+        cases.append(Case("eval1", case["id"], defective, implant, image))
+        crop = defective.copy(), implant.copy()
+        low = int(round(CROP * defective.shape[2]))
+        for mask in crop:
+            mask[:, :, :low] = False
+        if crop[1].any():
+            cases.append(Case("field-of-view crop", f"{case['id']}_crop", *crop, image))
+        thick_image, (complete, thin) = _thick(image, [defective | implant, defective])
+        cases.append(Case("thick slices", f"{case['id']}_thick", thin & complete, complete & ~thin, thick_image))
+    for skull in sorted({c["skull"] for c in manifest.role("eval1", "eval2")}):
+        case = next(c for c in manifest.role("eval1", "eval2") if c["skull"] == skull)
+        image = _lps(manifest.file(case, "original", "complete"))
+        complete, spacing = to_array(image) != 0, image.GetSpacing()
+        cases.append(Case("healthy", f"{skull}_healthy", complete, np.zeros_like(complete), image))
+        two = _cut(complete, spacing, ("sphere", "parietotemporal"), seed)
+        cases.append(Case("two defects", f"{skull}_two", complete & ~two, two, image))
+        for attempt in range(20):
+            kinds = ("bilateral", "frontoorbital") + (("parietotemporal",) if attempt >= 10 else ())
+            large = _cut(complete, spacing, kinds, seed + attempt)
+            if large.sum() >= LARGE * complete.sum():
+                cases.append(Case("large defect", f"{skull}_large", complete & ~large, large, image))
+                break
+        else:
+            log.warning("%s: no large draw removed %.0f%% of the bone in 20 seeds", skull, 100 * LARGE)
+    if anatomy:
+        from data_prep.template import template_skull
+
+        shape = tuple(manifest.role("eval1")[0]["layout"]["original"]["shape"]) if eval1 else None
+        image = template_skull(shape)
+        complete = to_array(image) != 0
+        for kind in ANATOMY_DEFECTS:
+            try:
+                region = _cut(complete, image.GetSpacing(), (kind,), seed)
+            except DefectError as e:
+                log.warning("real anatomy, %s: %s", kind, e)
+                continue
+            cases.append(Case("real anatomy", f"mni152_{kind}", complete & ~region, region, image))
+    return cases
+
+
+def _write(case: Case, folder: Path) -> Path:
+    image = from_array(case.defective.astype(np.uint8), None)
+    image.CopyInformation(case.image)
+    path = folder / f"{case.name}.nii.gz"
+    write_image(image, path)
+    return path
+
+
+def shift_table(
+    run: Path, manifest: Path, output: Path, flips: bool = False, rim_mm: float | None = RIM_MM, anatomy: bool = True, seed: int = 0
+) -> tuple[str, list[dict]]:
+    """Build, predict and score every row; returns the Markdown table and the per-case rows (also written)."""
+    data = Manifest.load(manifest)
+    cases = build_cases(data, seed, anatomy)
+    inputs = output / "inputs"
+    files = [_write(c, inputs) for c in cases]
+    predictions = output / "predictions"
+    predict(PredictOptions(run=run, output=predictions, files=files, flips=flips, rim_mm=rim_mm, quiet=True))
+    results: list[dict] = []
+    for case in cases:
+        path = predictions / f"{case.name}_implant.nii.gz"
+        if not path.is_file():
+            results.append({"row": case.row, "case": case.name, "error": "not predicted (see the log)"})
+            continue
+        predicted = sitk.DICOMOrient(read_image(path), CANONICAL)
+        pred = to_array(predicted) != 0
+        spacing = case.image.GetSpacing()
+        ml = float(np.prod(spacing)) / 1000
+        result: dict = {"row": case.row, "case": case.name, "predicted_ml": float(pred.sum() * ml)}
+        result["true_ml"] = float(case.implant.sum() * ml)
+        if case.implant.any():
+            m = compute_metrics(pred, case.implant, spacing, defective=case.defective)
+            result |= {"dsc": m["dsc"], "bdsc": m["bdsc"], "hd95": m["hd95"]}
+        results.append(result)
+    table = _table(results)
+    atomic_write_text(output / "shift.md", table)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["row", "case", "dsc", "bdsc", "hd95", "predicted_ml", "true_ml", "error"])
+    writer.writeheader()
+    writer.writerows(results)
+    atomic_write_text(output / "shift.csv", out.getvalue())
+    return table, results
+
+
+def _mean(results: list[dict], key: str) -> str:
+    values = [r[key] for r in results if r.get(key) is not None]
+    return f"{np.mean(values):.3f}" if values else "-"
+
+
+def _table(results: list[dict]) -> str:
+    lines = [
+        "| input | cases | implant DSC | boundary DSC | HD95 (mm) | predicted implant (ml) | true implant (ml) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        chosen = [r for r in results if r["row"] == row and "error" not in r]
+        if not chosen:
+            continue
+        cells = [_mean(chosen, k) for k in ("dsc", "bdsc", "hd95", "predicted_ml", "true_ml")]
+        if row == "healthy":
+            cells[3] += f" (max {max(r['predicted_ml'] for r in chosen):.3f})"
+        lines.append(f"| {row} | {len(chosen)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="a run's implants on shifted inputs, beside its eval1 cases")
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--flips", action="store_true", help="test-time flips (predict --flips)")
+    parser.add_argument("--keep-floating", action="store_true", help="keep implant pieces away from the skull (predict --keep-floating)")
+    parser.add_argument("--no-anatomy", dest="anatomy", action="store_false", help="leave out the MNI152 row (needs nilearn)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    rim_mm = None if args.keep_floating else RIM_MM
+    table, _ = shift_table(args.run, args.manifest, args.output, args.flips, rim_mm, args.anatomy, args.seed)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
