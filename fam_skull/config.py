@@ -91,6 +91,9 @@ class AugmentConfig:
     affine: float = _limited(0.0, "in [0, 1]")  # probability of a random rotation and scaling (off: it lowered implant DSC on the demo)
     rotate_deg: float = _limited(10.0, ">= 0")  # rotation range about each axis (+-degrees)
     scale: float = _limited(0.1, ">= 0")  # scaling range (+-fraction)
+    elastic: float = _limited(0.0, "in [0, 1]")  # probability of a smooth elastic deformation of the skull (off until measured)
+    crop: float = _limited(0.0, "in [0, 1]")  # probability of a field-of-view crop: low slices blank (no face), or the top
+    thick_slices: float = _limited(0.0, "in [0, 1]")  # probability of thick slices: axial resolution lowered to 2-5x and back
 
 
 @dataclass

@@ -94,7 +94,9 @@ def coarse_data(config: Config, manifest: Manifest, validating: bool) -> tuple[C
     train_ds: Cases = dataset(manifest, "train", config.data.cache)
     a = config.augment
     if a.fresh_defect or a.flip or a.affine:
-        augmentation = training_augmentation(augmentation_kinds(config, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale)
+        augmentation = training_augmentation(
+            augmentation_kinds(config, manifest), a.fresh_defect, a.flip, a.affine, a.rotate_deg, a.scale, a.elastic, a.crop, a.thick_slices
+        )
         train_ds = EpochSeededDataset(train_ds, augmentation, config.train.seed)
     return train_ds, dataset(manifest, "val", config.data.cache) if validating else None
 

@@ -105,3 +105,37 @@ def test_defect_transform_reads_a_nifti_skull_loaded_by_monai(item, tmp_path):
     assert torch.equal(outs[0]["implant"].as_tensor(), outs[1]["implant"])  # spacing from the affine = the given one
     with pytest.raises(KeyError, match="no 'spacing' key"):
         t({"complete": item["complete"]})
+
+
+def test_shape_augmentations_keep_the_partition_and_do_what_they_say(item):
+    from fam_skull.train.augment import RandFieldOfViewd, RandThickSlicesd
+
+    t = training_augmentation(["sphere"], fresh_defect=1.0, flip=0.5, affine=0.5, elastic=1.0, crop=1.0, thick_slices=1.0)
+    for seed in range(4):
+        t.set_random_state(seed=seed)
+        out = t(dict(item))
+        assert_partition(out)
+        assert not torch.equal(out["complete"], torch.as_tensor(item["complete"]).float())
+    crop = RandFieldOfViewd(prob=1.0)
+    for seed in range(6):
+        crop.set_random_state(seed=seed)
+        out = crop(dict(item))
+        assert_partition(out)
+        depth = item["complete"].shape[-1]
+        n = int(round(crop._share * depth))
+        part = out["complete"][..., :n] if crop._low else out["complete"][..., depth - n :]
+        assert n > 0 and not part.any()
+        kept = out["complete"][..., n:] if crop._low else out["complete"][..., : depth - n]
+        source = item["complete"][..., n:] if crop._low else item["complete"][..., : depth - n]
+        assert torch.equal(torch.as_tensor(kept), torch.as_tensor(source))
+    thick = RandThickSlicesd(prob=1.0)
+    thick.set_random_state(seed=0)
+    out = thick(dict(item))
+    assert_partition(out)
+
+    # slices averaged in groups and interpolated back: neighbouring axial slices agree more than in the original
+    def step(mask):
+        m = torch.as_tensor(mask).float()
+        return float((m[..., 1:] != m[..., :-1]).float().mean())
+
+    assert step(out["complete"]) < step(item["complete"])

@@ -58,9 +58,9 @@ def test_two_epoch_run_leaves_a_complete_run_folder(tmp_path, manifest, method, 
 
 
 def test_resume_ends_with_the_same_weights(tmp_path, manifest):
-    # every augmentation on: fresh defects, flips and affine are drawn from (seed, epoch, item) alone; dropout draws
-    # from torch's global RNG, which the checkpoint restores
-    augment = {"fresh_defect": 1.0, "flip": 0.5, "affine": 0.5}
+    # every augmentation on: fresh defects, flips, affine, elastic, crops and thick slices are drawn from (seed,
+    # epoch, item) alone; dropout draws from torch's global RNG, which the checkpoint restores
+    augment = {"fresh_defect": 1.0, "flip": 0.5, "affine": 0.5, "elastic": 0.5, "crop": 0.5, "thick_slices": 0.5}
     path, out = config_file(tmp_path, manifest, "fam", optim={"scheduler": "poly"}, augment=augment)
     assert main(["train", str(path), f"output={tmp_path / 'straight'}", "model.dropout=0.2", "--quiet"]) == 0
     assert main(["train", str(path), f"output={tmp_path / 'stopped'}", "model.dropout=0.2", "train.epochs=1", "--quiet"]) == 0
