@@ -86,11 +86,15 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
     start = time.perf_counter()
     with _quiet_stdout(log):
         trainer.on_train_start()
-        epochs = 0
+        epochs = done = 0
         while epochs < trainer.num_epochs and time.perf_counter() - start < budget:
             trainer.on_epoch_start()
             trainer.on_train_epoch_start()
-            outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
+            outputs = []
+            for _ in range(trainer.num_iterations_per_epoch):  # the budget is checked every iteration, not every epoch
+                if outputs and time.perf_counter() - start >= budget:
+                    break
+                outputs.append(trainer.train_step(next(trainer.dataloader_train)))
             trainer.on_train_epoch_end(outputs)
             with torch.no_grad():
                 trainer.on_validation_epoch_start()
@@ -98,6 +102,7 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
                 trainer.on_validation_epoch_end(val)
             trainer.on_epoch_end()
             epochs += 1
+            done += len(outputs)
         trainer.on_train_end()
     seconds = time.perf_counter() - start
     patch = trainer.configuration_manager.patch_size
@@ -106,7 +111,7 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
         "seconds": seconds,
         "epochs": epochs,
         "planned_epochs": trainer.num_epochs,
-        "iterations": epochs * iterations,
+        "iterations": done,
         "patch": list(patch),
         "batch": trainer.batch_size,
     }

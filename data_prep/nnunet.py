@@ -104,7 +104,8 @@ def read_dataset_json(root: Path) -> dict:
     return data
 
 
-def _mapping(root: Path) -> dict[str, dict]:
+def read_cases_file(root: Path) -> dict[str, dict]:
+    """A fam-skull export's case list (:data:`CASES_FILE`) by nnU-Net id; empty when the dataset has none."""
     path = root / CASES_FILE
     if not path.is_file():
         return {}
@@ -178,7 +179,7 @@ def nnunet_dataset(root: Path, label: str = "auto") -> tuple[list[SourceCase], l
     implant, skull = label_values(data["labels"], label, where)
     ending = data["file_ending"]
     channels = sorted(int(k) for k in data["channel_names"])
-    mapping = _mapping(root)
+    mapping = read_cases_file(root)
     skips: list[Skip] = []
     pairs: dict[str, tuple[Path, Path, str | None]] = {}
     if "dataset" in data:

@@ -8,7 +8,6 @@ came from ``export-nnunet`` (its case list), nnU-Net's ids otherwise. No other p
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 
 from data_prep.folder import claim
 from data_prep.io import Geometry, VolumeError, atomic_write_text, from_array, read_image, to_array, write_image
-from data_prep.nnunet import CASES_FILE, label_values, read_dataset_json
+from data_prep.nnunet import label_values, read_cases_file, read_dataset_json
 from data_prep.preprocess import binarize
 from data_prep.sources import safe_id
 from fam_skull.common.paths import PredictionFolder
@@ -31,14 +30,6 @@ class ImportResult:
     output: Path
     imported: int
     failed: list[dict] = field(default_factory=list)
-
-
-def _ids(dataset: Path) -> dict[str, str]:
-    path = dataset / CASES_FILE
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["nnunet_id"]: row["id"] for row in csv.DictReader(f)}
 
 
 def _image(dataset: Path, nnunet_id: str, ending: str) -> Path:
@@ -67,7 +58,7 @@ def import_nnunet(
     if not implant_values:
         raise ValueError(f"{dataset / 'dataset.json'}: no label is the implant; pass label='implant' if the only label is")
     ending = info["file_ending"]
-    names = _ids(dataset)
+    names = {nnunet_id: row["id"] for nnunet_id, row in read_cases_file(dataset).items()}
     folder = PredictionFolder(output)
     index: dict = {"method": method, "weights": str(predictions.resolve()), "source": "nnU-Net", "cases": {}, "failed": []}
     with claim(output, "import-nnunet"):
