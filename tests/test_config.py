@@ -90,6 +90,22 @@ def test_shipped_sweep_and_demo_configs():
         load_sweep(values={"sweep": {"lams": [-1.0]}, "run": {"data": {"manifest": "x"}}})
 
 
+DEMO_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if "prepare" in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("path", DEMO_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_demo_config_loads_with_its_arms(path):
+    """A typo in an arm's keys (or a defect type that does not exist) fails here, not an hour into a sweep."""
+    values = yaml.safe_load(path.read_text())
+    run = {**values["run"], "data": {**values["run"].get("data", {}), "manifest": "x"}}
+    sweep, _ = load_sweep(values={"sweep": values["sweep"], "run": run})
+    if path.name == "paper_reproduction.yaml":  # the authors score the network's output without post-processing
+        assert sweep.rim_mm is None and sweep.min_component_mm3 == 0
+    broken = [{"name": "typo", "set": {"augment.defect_type": ["anywhere"]}}]
+    with pytest.raises(ConfigError, match="augment.defect_type"):
+        load_sweep(values={"sweep": {**values["sweep"], "arms": broken}, "run": run})
+
+
 def test_defaults_live_in_one_place():
     """Every default is defined once and every entry point takes that value (a copy changed to a literal anywhere
     fails here): lambda, rho, the bone threshold, the smallest implant piece, the augmentation, the network, the
