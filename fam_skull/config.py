@@ -148,6 +148,9 @@ class RefineConfig:
     coarse_checkpoint: str = "best"
     patch: list[int] = field(default_factory=lambda: [48, 48, 48])  # training crop and sliding window (voxels)
     margin_mm: float = _limited(10.0, ">= 0")  # the box: the coarse implant's bounding box grown by this margin
+    # fresh defects per training skull, cut at the scan's resolution from the coarse run's drawn types and fixed for
+    # the run (seeded by train.seed); each is one more training box beside the prepared defect
+    fresh_defects: int = _limited(0, ">= 0")
 
 
 @dataclass

@@ -8,7 +8,8 @@ either listed (``arms``: a name and the config keys it sets, e.g. ``{name: "impl
 {model.target: implant}}``) or, when ``arms`` is empty: baseline, FAM at each of ``lams`` (with the run section's objective)
 and optionally SAM. ``train.seed`` and ``output`` are set per run. With a ``refine`` mapping (config keys of
 the refinement run, e.g. ``{refine.patch: [48, 48, 48], train.epochs: 20}``), every arm's run is followed by
-a refinement run on top of it (``stage: refine``; the arm's own keys, FAM included, act on the coarse stage),
+a refinement run on top of it (``stage: refine``; the arm's own keys, FAM included, act on the coarse stage, except
+its ``refine.*`` keys, which act on its refinement run),
 and the table shows each arm twice: its coarse stage and "+ refinement". ``tables`` names the targets with a paper
 table (implant, complete), ``published_rows`` adds a paper's own rows to the first, and ``voxel_distances`` repeats
 the tables with HD and HD95 in voxels (the unit of a paper that ran medpy without a spacing).
@@ -91,12 +92,15 @@ def load_sweep(path: str | Path | None = None, overrides: Sequence[str] = (), va
             f"sweep.study: compares every arm with the first, so it needs at least two arms, got {len(arms)}; add arms or set study: false"
         )
     if sweep.refine:
-        load_config(base=apply(merged["run"], _refine_settings(sweep, "coarse_run")))
+        for arm in arms:
+            load_config(base=apply(merged["run"], _refine_settings(sweep, arm[2], "coarse_run")))
     return sweep, merged["run"]
 
 
-def _refine_settings(sweep: SweepConfig, coarse_run: str) -> dict:
-    return {"method": "baseline", **sweep.refine, "stage": "refine", "refine.coarse_run": coarse_run}
+def _refine_settings(sweep: SweepConfig, arm: dict, coarse_run: str) -> dict:
+    """The refinement run's keys: the sweep's ``refine`` mapping, then the arm's own ``refine.*`` keys."""
+    own = {k: v for k, v in arm.items() if k.startswith("refine.")}
+    return {"method": "baseline", **sweep.refine, **own, "stage": "refine", "refine.coarse_run": coarse_run}
 
 
 def _arms(sweep: SweepConfig) -> list[tuple[str, str | None, dict]]:
@@ -128,7 +132,7 @@ def _runs(sweep: SweepConfig, run: dict) -> list[tuple[str, str, int, Config]]:
             cfg = load_config(base=apply(run, {**settings, "train.seed": seed, "output": str(Path(sweep.output) / "runs" / folder)}))
             out.append((folder, label or method_label(cfg), seed, cfg))
             if sweep.refine:
-                refined = _refine_settings(sweep, cfg.output)
+                refined = _refine_settings(sweep, settings, cfg.output)
                 folder = f"{name}_refined_s{seed}"
                 cfg = load_config(base=apply(run, {**refined, "train.seed": seed, "output": str(Path(sweep.output) / "runs" / folder)}))
                 out.append((folder, f"{out[-1][1]} + refinement", seed, cfg))

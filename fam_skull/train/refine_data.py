@@ -1,7 +1,8 @@
 """The refinement stage's training data: for every train (val) case, the defective skull and implant at the
 scan's resolution (``prepare`` keeps them), the coarse run's implant probability for the case, and the box
 around the union of the coarse and the true implant (so training sees the whole defect even where the coarse
-stage missed part), cut into patches."""
+stage missed part), cut into patches; optionally more training cases with fresh defects cut at the scan's
+resolution (the prepared ones are one per skull, of the training types only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 
+from data_prep.defects import DefectError, make_defect
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest, ManifestError
 from data_prep.preprocess import Layout
@@ -34,13 +36,42 @@ def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device: t
     defective = layout.canonical_array(read_image(manifest.file(case, "original", "defective"))) != 0
     implant = layout.canonical_array(read_image(manifest.file(case, "original", "implant"))) != 0
     grid = to_array(read_image(manifest.file(case, "grid", "defective"))) != 0
+    return _case(case["id"], layout, defective, implant, grid, coarse, device)
+
+
+def _case(
+    name: str, layout: Layout, defective: np.ndarray, implant: np.ndarray, grid: np.ndarray, coarse: torch.nn.Module, device: torch.device
+) -> dict:
     return {
-        "id": case["id"],
+        "id": name,
         "defective": defective,
         "implant": implant,
         "probability": scan_probability(coarse, grid, layout, defective, device),
         "spacing": np.asarray(layout.canonical.spacing),
+        "layout": layout,
     }
+
+
+def fresh_cases(
+    cases: list[dict], kinds: Sequence[str], count: int, seed: int, coarse: torch.nn.Module, device: torch.device, quiet: bool = True
+) -> list[dict]:
+    """``count`` more cases per case of :func:`load_cases`: a defect of a kind drawn from ``kinds`` cut from the
+    complete skull (defective + implant) at the scan's resolution, the grid input made from it as ``prepare``
+    makes it, and the coarse probability for it. Seeded by (``seed``, case position, draw); a draw that finds no
+    acceptable defect is left out."""
+    out = []
+    for i, c in enumerate(progress(cases, desc="refine data (fresh defects)", unit="case", quiet=quiet)):
+        complete, layout = c["defective"] | c["implant"], c["layout"]
+        for k in range(count):
+            rng = np.random.default_rng([seed, i, k])
+            kind = kinds[int(rng.integers(len(kinds)))]
+            try:
+                region = make_defect(complete, c["spacing"], kind, int(rng.integers(2**31))).region
+            except DefectError:
+                continue
+            defective = complete & ~region
+            out.append(_case(f"{c['id']}/{kind}{k}", layout, defective, complete & region, layout.to_grid(defective), coarse, device))
+    return out
 
 
 def load_cases(manifest: Manifest, role: str, coarse: torch.nn.Module, device: torch.device, quiet: bool = True) -> list[dict]:

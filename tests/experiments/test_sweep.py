@@ -66,6 +66,14 @@ def test_refinement_follows_each_arm_on_top_of_its_coarse_run():
     assert coarse.stage == "coarse" and coarse.train.epochs == 3
 
 
+def test_an_arms_refine_keys_act_on_its_refinement_run_only():
+    arms = [{"name": "plain", "set": {}}, {"name": "fresh", "set": {"augment.elastic": 0.3, "refine.fresh_defects": 4}}]
+    plan = {folder: cfg for folder, _, _, cfg in _plan({"arms": arms, "refine": {"refine.patch": [16, 16, 8]}})}
+    assert plan["fresh_refined_s0"].refine.fresh_defects == 4 and list(plan["fresh_refined_s0"].refine.patch) == [16, 16, 8]
+    assert plan["plain_refined_s0"].refine.fresh_defects == 0
+    assert plan["fresh_s0"].augment.elastic == 0.3 and plan["fresh_refined_s0"].augment.elastic == 0.0
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

@@ -9,11 +9,14 @@ import SimpleITK as sitk
 import torch
 from helpers import TINY_UNET, write_config
 
+from data_prep.defects import limits
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout
 from fam_skull.cli import main
 from fam_skull.networks.implant import defect_box, refine_implant
+from fam_skull.networks.trained import load_run
+from fam_skull.train.refine_data import fresh_cases, load_cases
 
 
 def test_box_is_the_bounding_box_grown_by_the_margin_in_mm_and_clipped():
@@ -69,6 +72,33 @@ def test_refined_implant_is_pasted_back_in_an_oblique_flipped_scan(margin_mm):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), implant)
 
 
+def test_fresh_refinement_defects_partition_the_skull_are_seeded_and_feed_the_grid_as_prepare_does(manifest, trained_run):
+    coarse = load_run(trained_run)[0]
+    m = Manifest.load(manifest)
+    cases = load_cases(m, "train", coarse, "cpu")
+    for case, loaded in zip(m.role("train"), cases, strict=True):
+        # the route a fresh defect takes to the grid is prepare's own: the prepared grid input, recomputed
+        grid = to_array(read_image(m.file(case, "grid", "defective"))) != 0
+        np.testing.assert_array_equal(loaded["layout"].to_grid(loaded["defective"]), grid)
+    kinds = ["sphere", "anywhere"]
+    fresh = fresh_cases(cases, kinds, 2, seed=3, coarse=coarse, device="cpu")
+    again = fresh_cases(cases, kinds, 2, seed=3, coarse=coarse, device="cpu")
+    other = fresh_cases(cases, kinds, 2, seed=4, coarse=coarse, device="cpu")
+    assert len(fresh) == 2 * len(cases) and [c["id"] for c in fresh] == [c["id"] for c in again]
+    for c, a in zip(fresh, again, strict=True):
+        np.testing.assert_array_equal(c["implant"], a["implant"])
+    assert any(not np.array_equal(c["implant"], o["implant"]) for c, o in zip(fresh, other, strict=True))
+    by_id = {c["id"]: c for c in cases}
+    for c in fresh:
+        source, kind = by_id[c["id"].split("/")[0]], c["id"].split("/")[1][:-1]
+        complete = source["defective"] | source["implant"]
+        assert kind in kinds
+        assert not (c["defective"] & c["implant"]).any() and np.array_equal(c["defective"] | c["implant"], complete)
+        low, high = limits(kind)
+        assert low <= c["implant"].sum() / complete.sum() <= high
+        assert not (c["probability"] * c["defective"]).any()  # the coarse channel is zero on the given bone
+
+
 def test_refinement_run_from_the_cli(tmp_path, manifest, trained_run):
     """Train a refinement stage on the tiny coarse run, predict both stages, and check what they write."""
     path, out = write_config(
@@ -77,7 +107,7 @@ def test_refinement_run_from_the_cli(tmp_path, manifest, trained_run):
         "baseline",
         TINY_UNET,
         "refined",
-        refine={"coarse_run": str(trained_run), "patch": [16, 16, 16]},
+        refine={"coarse_run": str(trained_run), "patch": [16, 16, 16], "fresh_defects": 1},
         train={"epochs": 1},
     )
     path.write_text(path.read_text() + "stage: refine\n")
