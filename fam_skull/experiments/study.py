@@ -173,16 +173,23 @@ def _forest(rows: list[dict], sets, path: Path) -> None:
 
 
 def _curves(runs: list[StudyRun], path: Path) -> None:
+    """Training curves per arm; the validation panel only where some run validated more than once (a single point
+    per arm says nothing a curve would, and the tables hold it)."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 3, figsize=(22, 4.8))
     arms = list(dict.fromkeys(r.arm for r in runs))
+    histories = {arm: [_history(r.folder) for r in runs if r.arm == arm] for arm in arms}
+    validations = max(sum(1 for h in rows if h.get("val_implant_dsc")) for hs in histories.values() for rows in hs)
+    panels = [("task_loss", "task loss on training batches (mean over seeds)", "loss")]
+    if validations > 1:
+        panels.append(("val_implant_dsc", "validation implant DSC (mean over seeds)", "DSC"))
+    panels.append((None, "regularizer on training batches (each arm's own objective)", "value (symlog)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.3 * len(panels), 4.8))
     colours = plt.get_cmap("tab10")
     for k, arm in enumerate(arms):
-        histories = [_history(r.folder) for r in runs if r.arm == arm]
-        for key, ax in (("task_loss", axes[0]), ("val_implant_dsc", axes[1]), (None, axes[2])):
+        for (key, _, _), ax in zip(panels, axes):
             points: dict[int, list[float]] = {}
-            for rows in histories:
+            for rows in histories[arm]:
                 column = key or next((c for c in OBJECTIVE_COLUMNS.values() if rows and c in rows[0]), None)
                 for h in rows:
                     if column and h.get(column):
@@ -198,13 +205,12 @@ def _curves(runs: list[StudyRun], path: Path) -> None:
                     linestyle="-" if k < 10 else "--",
                     label=arm,
                 )
-    axes[0].set(title="task loss on training batches (mean over seeds)", xlabel="epoch", ylabel="loss")
-    axes[1].set(title="validation implant DSC (mean over seeds)", xlabel="epoch", ylabel="DSC")
-    axes[2].set(title="regularizer on training batches (each arm's own objective)", xlabel="epoch", ylabel="value (symlog)")
-    axes[2].set_yscale("symlog", linthresh=1e-3)
+    for (_, title, ylabel), ax in zip(panels, axes):
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    axes[-1].set_yscale("symlog", linthresh=1e-3)
     axes[0].legend(fontsize=8, loc="upper right")
-    if axes[2].get_lines():
-        axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes[-1].get_lines():
+        axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, path)
 

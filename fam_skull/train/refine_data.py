@@ -6,6 +6,7 @@ resolution (the prepared ones are one per skull, of the training types only)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from data_prep.manifest import Manifest, ManifestError
 from data_prep.preprocess import Layout
 from data_prep.progress import progress
 from fam_skull.networks.implant import defect_box, scan_probability
+
+log = logging.getLogger("fam_skull.train")
 
 
 def load_case(manifest: Manifest, case: dict, coarse: torch.nn.Module, device: torch.device) -> dict:
@@ -58,8 +61,8 @@ def fresh_cases(
     """``count`` more cases per case of :func:`load_cases`: a defect of a kind drawn from ``kinds`` cut from the
     complete skull (defective + implant) at the scan's resolution, the grid input made from it as ``prepare``
     makes it, and the coarse probability for it. Seeded by (``seed``, case position, draw); a draw that finds no
-    acceptable defect is left out."""
-    out = []
+    acceptable defect is left out (and counted in the log)."""
+    out, dropped = [], []
     for i, c in enumerate(progress(cases, desc="refine data (fresh defects)", unit="case", quiet=quiet)):
         complete, layout = c["defective"] | c["implant"], c["layout"]
         for k in range(count):
@@ -68,9 +71,13 @@ def fresh_cases(
             try:
                 region = make_defect(complete, c["spacing"], kind, int(rng.integers(2**31))).region
             except DefectError:
+                dropped.append(f"{c['id']}/{kind}{k}")
                 continue
             defective = complete & ~region
             out.append(_case(f"{c['id']}/{kind}{k}", layout, defective, complete & region, layout.to_grid(defective), coarse, device))
+    if dropped:
+        total = count * len(cases)
+        log.warning("fresh defects: %d of %d draws found no acceptable defect, left out: %s", len(dropped), total, ", ".join(dropped))
     return out
 
 

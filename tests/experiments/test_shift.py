@@ -13,7 +13,7 @@ from fam_skull.experiments.shift import CROP, LARGE, THICK, build_cases, shift_t
 def test_the_shifted_inputs_are_built_as_described(manifest):
     cases = build_cases(Manifest.load(manifest), anatomy=False)
     rows = {c.row for c in cases}
-    assert {"eval1", "healthy", "two defects", "field-of-view crop", "thick slices"} <= rows
+    assert {"eval1", "healthy", "two defects", "large defect", "field-of-view crop", "thick slices"} <= rows
     for case in cases:
         assert not (case.defective & case.implant).any()
         if case.row == "healthy":

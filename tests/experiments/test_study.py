@@ -94,3 +94,24 @@ def _report(objective):
     from fam_skull.experiments.flatness import FlatnessReport
 
     return FlatnessReport("baseline", "bottleneck", objective, 1.5 if objective == "kappa" else 2.5, (1.0, 2.0), {"a": 1.5})
+
+
+@pytest.mark.parametrize("validations, panels", [(1, 2), (3, 3)])
+def test_the_validation_panel_is_drawn_only_for_a_curve(tmp_path, monkeypatch, validations, panels):
+    runs = []
+    for arm in ("reference", "fam"):
+        folder = tmp_path / arm
+        folder.mkdir()
+        rows = ["epoch,task_loss,val_implant_dsc,kappa_F"]
+        for epoch in range(1, 7):
+            validated = epoch > 6 - validations
+            rows.append(f"{epoch},{1 / epoch},{0.1 * epoch if validated else ''},{0.01 * epoch}")
+        (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+        runs.append(study.StudyRun(arm, 0, folder, {}))
+    drawn = []
+    monkeypatch.setattr(study, "save_figure", lambda fig, path: drawn.append(fig))
+    study._curves(runs, tmp_path / "curves.png")
+    titles = [ax.get_title() for ax in drawn[0].axes]
+    assert len(titles) == panels
+    assert any("validation" in t for t in titles) == (validations > 1)
+    assert [len(ax.get_lines()) for ax in drawn[0].axes] == [2] * panels

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 from helpers import TINY_UNET, write_config
 
-from data_prep.defects import limits
+from data_prep.defects import DefectError, limits
 from data_prep.io import read_image, to_array
 from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout
@@ -97,6 +97,27 @@ def test_fresh_refinement_defects_partition_the_skull_are_seeded_and_feed_the_gr
         low, high = limits(kind)
         assert low <= c["implant"].sum() / complete.sum() <= high
         assert not (c["probability"] * c["defective"]).any()  # the coarse channel is zero on the given bone
+
+
+def test_a_fresh_draw_with_no_acceptable_defect_is_left_out_and_counted(manifest, trained_run, monkeypatch, caplog):
+    from fam_skull.train import refine_data
+
+    coarse = load_run(trained_run)[0]
+    cases = load_cases(Manifest.load(manifest), "train", coarse, "cpu")
+    cut = refine_data.make_defect
+
+    def no_cube(complete, spacing, kind, seed):
+        if kind == "cube":
+            raise DefectError("no cube fits")
+        return cut(complete, spacing, kind, seed)
+
+    monkeypatch.setattr(refine_data, "make_defect", no_cube)
+    with caplog.at_level("WARNING", logger="fam_skull.train"):
+        fresh = fresh_cases(cases, ["sphere", "cube"], 3, seed=0, coarse=coarse, device="cpu")
+    cubes = [(i, k) for i in range(len(cases)) for k in range(3) if np.random.default_rng([0, i, k]).integers(2) == 1]
+    assert 0 < len(cubes) < 3 * len(cases)  # the seed draws both kinds, so the count below can be wrong
+    assert len(fresh) == 3 * len(cases) - len(cubes) and all("/sphere" in c["id"] for c in fresh)
+    assert f"{len(cubes)} of {3 * len(cases)} draws found no acceptable defect" in caplog.text
 
 
 def test_refinement_run_from_the_cli(tmp_path, manifest, trained_run):
