@@ -180,7 +180,7 @@ def _curves(runs: list[StudyRun], path: Path) -> None:
     arms = list(dict.fromkeys(r.arm for r in runs))
     histories = {arm: [_history(r.folder) for r in runs if r.arm == arm] for arm in arms}
     validations = max(sum(1 for h in rows if h.get("val_implant_dsc")) for hs in histories.values() for rows in hs)
-    panels = [("task_loss", "task loss on training batches (mean over seeds)", "loss")]
+    panels: list[tuple[str | None, str, str]] = [("task_loss", "task loss on training batches (mean over seeds)", "loss")]
     if validations > 1:
         panels.append(("val_implant_dsc", "validation implant DSC (mean over seeds)", "DSC"))
     panels.append((None, "regularizer on training batches (each arm's own objective)", "value (symlog)"))

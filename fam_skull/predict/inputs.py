@@ -20,11 +20,19 @@ Loaded = tuple[np.ndarray, Layout, np.ndarray]  # grid defective skull, layout, 
 
 @dataclass
 class CaseInput:
-    """One case to predict: its id, where it came from, and ``load()`` (read only when it is predicted)."""
+    """One case to predict: its id, where it came from, ``load()`` (read only when it is predicted) and ``stamp``
+    (its input files' sizes and modification times: a prediction is reused only for the input it was made from)."""
 
     id: str
     source: str
     load: Callable[[], Loaded]
+    stamp: str
+
+
+def stamp(paths: Sequence[Path]) -> str:
+    """Sizes and modification times (ns) of ``paths``, a folder standing for the files in it."""
+    files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
 
 
 def load_file(path: Path, grid: Sequence[int], input_kind: str = "auto", threshold: float = BONE_HU) -> Loaded:
@@ -62,11 +70,17 @@ def manifest_cases(path: Path, roles: Sequence[str], grid: Sequence[int]) -> lis
         raise ValueError(
             f"{manifest.path}: grid {manifest.data['grid']} differs from the run's {list(grid)}; prepare the data on the run's grid"
         )
-    return [CaseInput(c["id"], c["id"], partial(_load_manifest_case, manifest, c)) for c in manifest.role(*roles)]
+    cases = manifest.role(*roles)
+    return [CaseInput(c["id"], c["id"], partial(_load_manifest_case, manifest, c), stamp(_manifest_files(manifest, c))) for c in cases]
+
+
+def _manifest_files(manifest: Manifest, case: dict) -> list[Path]:
+    files = [manifest.file(case, "grid", "defective")]
+    return files + ([manifest.file(case, "original", "defective")] if "defective" in case.get("original", {}) else [])
 
 
 def file_cases(paths: Sequence[Path], grid: Sequence[int], input_kind: str = "auto", threshold: float = BONE_HU) -> list[CaseInput]:
     """Defective skull files (any format SimpleITK reads) or DICOM folders, a folder of them standing for the
     volumes in it."""
     files = [f for p in map(Path, paths) for f in (volumes(p) if p.is_dir() else [p])]
-    return [CaseInput(safe_id(stem(f)), str(f), partial(load_file, f, grid, input_kind, threshold)) for f in files]
+    return [CaseInput(safe_id(stem(f)), str(f), partial(load_file, f, grid, input_kind, threshold), stamp([f])) for f in files]

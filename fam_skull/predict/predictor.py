@@ -152,7 +152,7 @@ def predict_cases(
     reused = predicted = 0
     for case in progress(cases, desc="predict", unit="case", quiet=quiet):
         entry = done.get(case.id)
-        if entry and all((output / f).is_file() for f in entry["files"].values()):
+        if entry and entry.get("stamp") == case.stamp and all((output / f).is_file() for f in entry["files"].values()):
             reused += 1
             continue
         try:
@@ -160,7 +160,7 @@ def predict_cases(
             prediction = predictor.predict_case(defective_grid, layout, canonical)
             files = write_case(output, case.id, prediction.defective, prediction.implant, layout, stl, prediction.disagreement)
             implant = prediction.implant
-            done[case.id] = {"source": case.source, "files": files, "implant_voxels": int(implant.sum())}
+            done[case.id] = {"source": case.source, "stamp": case.stamp, "files": files, "implant_voxels": int(implant.sum())}
             predicted += 1
         except (VolumeError, ValueError, RuntimeError) as e:
             log.warning("skipped %s: %s", case.id, e)

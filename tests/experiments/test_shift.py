@@ -27,7 +27,8 @@ def test_the_shifted_inputs_are_built_as_described(manifest):
     thick = next(c for c in cases if c.name == f"{eval1.name}_thick")
     assert thick.image.GetSpacing()[2] == pytest.approx(THICK * eval1.image.GetSpacing()[2])
     ml = {c.name: c.implant.sum() * np.prod(c.image.GetSpacing()) for c in cases}
-    assert abs(ml[thick.name] - ml[eval1.name]) < 0.5 * ml[eval1.name]  # the same implant, coarser
+    # the same implant, coarser: a slab is bone where any of its slices is, so no more than THICK times the volume
+    assert ml[eval1.name] <= ml[thick.name] <= THICK * ml[eval1.name]
 
 
 def test_the_table_is_written(tmp_path, manifest, trained_run):
