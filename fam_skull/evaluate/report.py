@@ -146,6 +146,7 @@ def box_plots(summaries: dict[str, dict], sets: Sequence[str], path: Path) -> No
     "<method>, seed N", are pooled into one box); HD95 on a log axis, so misses scored at the volume's diagonal
     stay visible without flattening the rest."""
     plt = pyplot()
+    from matplotlib import ticker
 
     methods: dict[str, list[dict]] = {}
     for label, summ in summaries.items():
@@ -164,6 +165,11 @@ def box_plots(summaries: dict[str, dict], sets: Sequence[str], path: Path) -> No
                 name += f"; {infinite} infinite not shown"
             if metric == "hd95" and any(v > 0 for d in data for v in d):  # log needs a positive value
                 ax.set_xscale("log")
+                # ticks at 1, 2, 5 x 10^k written as plain numbers: the default labels of a log axis spanning
+                # under two decades are minor labels in 10^k notation that overlap
+                ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             else:
                 ax.set_xlim(0, 1)
             ax.set_title(f"{SET_NAMES.get(s, s)}: {name}", fontsize=10)
