@@ -9,9 +9,10 @@
 3. nnU-Net's default trainer (``nnUNetTrainer``: its network, loss, augmentation, SGD with poly schedule), fold 0, on
    the CPU, for ``--budget`` seconds (default: fam-skull's training time, both stages, read from the runs' logs).
    nnU-Net's schedule is 1000 epochs of 250 iterations; here the epochs are shortened to ``--iterations`` so that the
-   poly schedule runs its course inside the budget (the number of epochs is set from ``--seconds-per-iteration``,
-   and training stops at the budget whatever the estimate). Nothing of nnU-Net's is changed but these counts.
-4. nnU-Net's predictor (``nnUNetPredictor``: sliding window, Gaussian weighting, mirroring) on imagesTs, and
+   poly schedule runs its course inside the budget: the number of epochs (and the poly schedule's length) is set from
+   the first epoch's measured time, and training stops at the budget whatever that estimate. Nothing of nnU-Net's is
+   changed but these counts.
+4. nnU-Net's predictor (``nnUNetPredictor``: sliding window, Gaussian weighting, mirroring unless ``--no-mirroring``) on imagesTs, and
    fam-skull's predictor on the same cases, each timed per case in this process.
 5. ``import-nnunet`` and ``fam-skull evaluate`` score both against the same references: one table per set and per
    defect type (implant DSC, boundary DSC, HD95), written to WORK/comparison.md and printed.
@@ -69,7 +70,7 @@ def _quiet_stdout(log):
     return contextlib.redirect_stdout(log)
 
 
-def train_nnunet(dataset: str, configuration: str, budget: float, iterations: int, seconds_per_iteration: float, log) -> dict:
+def train_nnunet(dataset: str, configuration: str, budget: float, iterations: int, log) -> dict:
     import torch
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
@@ -81,13 +82,13 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
     trainer = nnUNetTrainer(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = max(1, iterations // 5)
-    trainer.num_epochs = max(1, int(budget / (seconds_per_iteration * iterations * 1.2)))  # 1.2: validation and epoch ends
     trainer.save_every = 10**9  # the final checkpoint only
     start = time.perf_counter()
     with _quiet_stdout(log):
         trainer.on_train_start()
         epochs = done = 0
         while epochs < trainer.num_epochs and time.perf_counter() - start < budget:
+            epoch_start = time.perf_counter()
             trainer.on_epoch_start()
             trainer.on_train_epoch_start()
             outputs = []
@@ -103,6 +104,10 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
             trainer.on_epoch_end()
             epochs += 1
             done += len(outputs)
+            if epochs == 1:  # the poly schedule ends where the budget does, at the first epoch's pace
+                left = budget - (time.perf_counter() - start)
+                trainer.num_epochs = 1 + max(0, int(left / (time.perf_counter() - epoch_start)))
+                trainer.lr_scheduler.max_steps = trainer.num_epochs
         trainer.on_train_end()
     seconds = time.perf_counter() - start
     patch = trainer.configuration_manager.patch_size
@@ -117,12 +122,13 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
     }
 
 
-def predict_nnunet(trainer, images: Path, output: Path, log) -> float:
+def predict_nnunet(trainer, images: Path, output: Path, mirroring: bool, log) -> float:
     """nnU-Net's predictor on the trainer's final weights (built as nnU-Net's own final validation builds it);
-    seconds per case."""
+    seconds per case. ``mirroring=False`` is nnU-Net's own ``--disable_tta``: one forward pass per tile instead of
+    eight, for machines where eight would not finish."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=trainer.device, allow_tqdm=False)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring, device=trainer.device, allow_tqdm=False)
     trainer.set_deep_supervision_enabled(False)
     trainer.network.eval()
     predictor.manual_initialization(
@@ -192,7 +198,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None, help="nnU-Net's training seconds (default: fam-skull's)")
     parser.add_argument("--configuration", default="3d_fullres", help="nnU-Net configuration (default %(default)s)")
     parser.add_argument("--iterations", type=int, default=25, help="iterations per nnU-Net epoch (nnU-Net: 250)")
-    parser.add_argument("--seconds-per-iteration", type=float, default=8.0, help="estimate that sets the epochs (measured 8 s here)")
+    parser.add_argument("--no-mirroring", action="store_true", help="nnU-Net's --disable_tta (8x fewer forward passes)")
     parser.add_argument("--workers", type=int, default=2, help="nnU-Net's augmentation and preprocessing processes")
     parser.add_argument("--min-component-mm3", type=float, default=None, help="fam-skull's predict option (default: predict's)")
     parser.add_argument("--label", default=None, help="nnU-Net's row label (default: nnU-Net, its time)")
@@ -224,7 +230,7 @@ def main() -> None:
     planning = time.perf_counter() - start
     names = ", ".join(r.name for r in fam_runs)
     print(f"fam-skull trained {fam_seconds:.0f} s ({names}); nnU-Net gets {budget:.0f} s; its planning took {planning:.0f} s")
-    trained = train_nnunet(dataset.name, args.configuration, budget, args.iterations, args.seconds_per_iteration, log)
+    trained = train_nnunet(dataset.name, args.configuration, budget, args.iterations, log)
     per_iteration = trained["seconds"] / max(1, trained["iterations"])
     print(
         f"nnU-Net {args.configuration}: patch {trained['patch']}, batch {trained['batch']}, {trained['epochs']} of "
@@ -233,7 +239,7 @@ def main() -> None:
         f"iterations, {250000 / max(1, trained['iterations']):.0f}x more)"
     )
     nnunet_out = work / "nnunet_predictions"
-    nnunet_case = predict_nnunet(trained["trainer"], dataset / "imagesTs", nnunet_out, log)
+    nnunet_case = predict_nnunet(trained["trainer"], dataset / "imagesTs", nnunet_out, not args.no_mirroring, log)
     import_nnunet(nnunet_out, dataset, work / "nnunet_as_famskull", method="nnU-Net")
     from fam_skull.predict.options import MIN_COMPONENT_MM3
 
@@ -256,7 +262,8 @@ def main() -> None:
     header = (
         f"fam-skull: {args.run} ({', '.join(r.name for r in fam_runs)}). nnU-Net v2: nnUNetTrainer, {args.configuration}, "
         f"patch {trained['patch']}, batch {trained['batch']}, fold 0 = fam-skull's train/val split, "
-        f"{trained['epochs']} epochs x {args.iterations} iterations (default 1000 x 250), CPU, {multiprocessing.cpu_count()} cores.\n\n"
+        f"{trained['epochs']} epochs x {args.iterations} iterations (default 1000 x 250), CPU, {multiprocessing.cpu_count()} cores, "
+        f"prediction {'without' if args.no_mirroring else 'with'} mirroring.\n\n"
     )
     (work / "comparison.md").write_text(header + text, encoding="utf-8")
     (work / "comparison.json").write_text(
