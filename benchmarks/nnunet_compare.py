@@ -12,12 +12,14 @@
    poly schedule runs its course inside the budget: the number of epochs (and the poly schedule's length) is set from
    the first epoch's measured time, and training stops at the budget whatever that estimate. Nothing of nnU-Net's is
    changed but these counts.
-4. nnU-Net's predictor (``nnUNetPredictor``: sliding window, Gaussian weighting, mirroring unless ``--no-mirroring``) on imagesTs, and
-   fam-skull's predictor on the same cases, each timed per case in this process.
+4. nnU-Net's predictor (``nnUNetPredictor``: sliding window, Gaussian weighting, mirroring unless ``--no-mirroring``)
+   and fam-skull's predictor on the evaluation cases (all, or every case of the first ``--skulls`` held-out skulls:
+   each skull brings every defect type of both sets), each timed per case in this process.
 5. ``import-nnunet`` and ``fam-skull evaluate`` score both against the same references: one table per set and per
    defect type (implant DSC, boundary DSC, HD95), written to WORK/comparison.md and printed.
 
-Reruns reuse the export and the preprocessing; training and prediction run again.
+Reruns reuse the export, the preprocessing, nnU-Net's trained weights (WORK/nnunet_weights.pt; ``--retrain`` trains
+again) and each case nnU-Net has already predicted, so an interrupted comparison continues where it stopped.
 """
 
 from __future__ import annotations
@@ -72,14 +74,8 @@ def _quiet_stdout(log):
 
 def train_nnunet(dataset: str, configuration: str, budget: float, iterations: int, log) -> dict:
     import torch
-    from batchgenerators.utilities.file_and_folder_operations import join, load_json
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    folder = join(nnUNet_preprocessed, dataset)
-    plans, dataset_json = load_json(join(folder, "nnUNetPlans.json")), load_json(join(folder, "dataset.json"))
-    plans["continue_training"] = False  # what get_trainer_from_args adds
-    trainer = nnUNetTrainer(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
+    trainer = _trainer(dataset, configuration)
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = max(1, iterations // 5)
     trainer.save_every = 10**9  # the final checkpoint only
@@ -109,24 +105,59 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
                 trainer.num_epochs = 1 + max(0, int(left / (time.perf_counter() - epoch_start)))
                 trainer.lr_scheduler.max_steps = trainer.num_epochs
         trainer.on_train_end()
-    seconds = time.perf_counter() - start
-    patch = trainer.configuration_manager.patch_size
-    return {
-        "trainer": trainer,
-        "seconds": seconds,
+    return trainer, {
+        "seconds": time.perf_counter() - start,
         "epochs": epochs,
         "planned_epochs": trainer.num_epochs,
         "iterations": done,
-        "patch": list(patch),
+        "patch": list(trainer.configuration_manager.patch_size),
         "batch": trainer.batch_size,
     }
 
 
-def predict_nnunet(trainer, images: Path, output: Path, mirroring: bool, log) -> float:
-    """nnU-Net's predictor on the trainer's final weights (built as nnU-Net's own final validation builds it);
-    seconds per case. ``mirroring=False`` is nnU-Net's own ``--disable_tta``: one forward pass per tile instead of
-    eight, for machines where eight would not finish."""
+def _trainer(dataset: str, configuration: str):
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    folder = join(nnUNet_preprocessed, dataset)
+    plans, dataset_json = load_json(join(folder, "nnUNetPlans.json")), load_json(join(folder, "dataset.json"))
+    plans["continue_training"] = False  # what get_trainer_from_args adds
+    return nnUNetTrainer(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
+
+
+def save_training(trainer, record: dict, work: Path) -> None:
+    """The trained weights as plain tensors (nnU-Net's own checkpoint needs unpickling to load) and the training
+    record, both written atomically."""
+    import torch
+
+    from data_prep.io import atomic_path, atomic_write_text
+
+    with atomic_path(work / "nnunet_weights.pt") as tmp:
+        torch.save(trainer.network.state_dict(), tmp)
+    atomic_write_text(work / "nnunet_training.json", json.dumps(record, indent=1))
+
+
+def load_training(dataset: str, configuration: str, work: Path):
+    """The trainer of an earlier run of this script, its weights loaded without unpickling, and its record."""
+    import torch
+
+    trainer = _trainer(dataset, configuration)
+    trainer.initialize()
+    trainer.configure_rotation_dummyDA_mirroring_and_initial_patch_size()  # sets the mirroring axes for prediction
+    trainer.network.load_state_dict(torch.load(work / "nnunet_weights.pt", map_location="cpu", weights_only=True))
+    return trainer, json.loads((work / "nnunet_training.json").read_text(encoding="utf-8"))
+
+
+def predict_nnunet(trainer, images: dict[str, Path], output: Path, mirroring: bool, timing: Path, log) -> float:
+    """nnU-Net's predictor on the trainer's weights (built as nnU-Net's own final validation builds it) for
+    ``images`` (nnU-Net case id -> image), one case at a time; a case already in ``timing`` (a JSON record of seconds
+    per case, rewritten after each case) is kept. Mean seconds per case. ``mirroring=False`` is nnU-Net's own
+    ``--disable_tta``: one forward pass per tile instead of eight, for machines where eight would not finish."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from data_prep.io import atomic_write_text
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring, device=trainer.device, allow_tqdm=False)
     trainer.set_deep_supervision_enabled(False)
@@ -141,11 +172,18 @@ def predict_nnunet(trainer, images: Path, output: Path, mirroring: bool, log) ->
         trainer.inference_allowed_mirroring_axes,
     )
     output.mkdir(parents=True, exist_ok=True)
-    cases = sorted(images.glob("*_0000.nii.gz"))
-    start = time.perf_counter()
-    with _quiet_stdout(log):
-        predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
-    return (time.perf_counter() - start) / max(1, len(cases))
+    seconds = json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else {}
+    ending = trainer.dataset_json["file_ending"]
+    for case, image in sorted(images.items()):
+        if case in seconds and (output / f"{case}{ending}").is_file():
+            continue
+        start = time.perf_counter()
+        with _quiet_stdout(log):
+            predictor.predict_from_files_sequential([[str(image)]], [str(output / case)], save_probabilities=False, overwrite=True)
+        seconds[case] = time.perf_counter() - start
+        atomic_write_text(timing, json.dumps(seconds, indent=1))
+        print(f"nnU-Net predicted {case} in {seconds[case]:.0f} s ({len(seconds)} of {len(images)})", flush=True)
+    return sum(seconds[c] for c in images) / max(1, len(images))
 
 
 def predict_famskull(run: Path, manifest: Path, output: Path, min_component_mm3: float) -> float:
@@ -190,6 +228,20 @@ def table(summaries: dict, manifest: Path, rows: dict) -> str:
     return "\n".join(lines) + "\n\nPer defect type:\n\n" + "\n".join(by_type) + "\n"
 
 
+def held_out_cases(manifest: Path, skulls: int | None, work: Path) -> tuple[Path, set[str]]:
+    """The manifest both methods are scored on and its evaluation case ids: all of them, or every evaluation case
+    of the first ``skulls`` held-out skulls (sorted by skull id) in a subset manifest in ``work``."""
+    from data_prep.manifest import Manifest
+
+    full = Manifest.load(manifest)
+    cases = full.role("eval1", "eval2")
+    if skulls is None:
+        return manifest, {c["id"] for c in cases}
+    chosen = sorted({c.get("skull", c["id"]) for c in cases})[:skulls]
+    ids = {c["id"] for c in cases if c.get("skull", c["id"]) in chosen}
+    return full.subset(ids, work / f"manifest_{skulls}_skulls.json").path, ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, required=True, help="the prepared dataset fam-skull's run trained on")
@@ -199,9 +251,11 @@ def main() -> None:
     parser.add_argument("--configuration", default="3d_fullres", help="nnU-Net configuration (default %(default)s)")
     parser.add_argument("--iterations", type=int, default=25, help="iterations per nnU-Net epoch (nnU-Net: 250)")
     parser.add_argument("--no-mirroring", action="store_true", help="nnU-Net's --disable_tta (8x fewer forward passes)")
+    parser.add_argument("--skulls", type=int, default=None, help="score the first N held-out skulls' cases (default: all)")
+    parser.add_argument("--retrain", action="store_true", help="train nnU-Net again instead of reusing WORK's weights")
     parser.add_argument("--workers", type=int, default=2, help="nnU-Net's augmentation and preprocessing processes")
     parser.add_argument("--min-component-mm3", type=float, default=None, help="fam-skull's predict option (default: predict's)")
-    parser.add_argument("--label", default=None, help="nnU-Net's row label (default: nnU-Net, its time)")
+    parser.add_argument("--label", default=None, help="nnU-Net's row label (default: nnU-Net, its iterations)")
     args = parser.parse_args()
     work = args.work.resolve()
     for name in ("raw", "preprocessed", "results"):
@@ -211,14 +265,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(multiprocessing.cpu_count())  # what nnUNetv2_train does on a CPU
-    from data_prep.nnunet import export_nnunet
+    from data_prep.nnunet import FILE_ENDING, export_nnunet, read_cases_file
     from fam_skull.evaluate import EvaluateOptions, evaluate
     from fam_skull.predict.nnunet import import_nnunet
+    from fam_skull.predict.options import MIN_COMPONENT_MM3
 
     fam_seconds, fam_runs = training_seconds(args.run)
     budget = args.budget or fam_seconds
     log = open(work / "nnunet.log", "a", encoding="utf-8")
     dataset = export_nnunet(args.manifest, work / "nnUNet_raw", DATASET_ID, "FamSkullCompare").dataset
+    scored, ids = held_out_cases(args.manifest, args.skulls, work)
     start = time.perf_counter()
     if not (work / "nnUNet_preprocessed" / dataset.name / f"nnUNetPlans_{args.configuration}").is_dir():
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
@@ -230,25 +286,32 @@ def main() -> None:
     planning = time.perf_counter() - start
     names = ", ".join(r.name for r in fam_runs)
     print(f"fam-skull trained {fam_seconds:.0f} s ({names}); nnU-Net gets {budget:.0f} s; its planning took {planning:.0f} s")
-    trained = train_nnunet(dataset.name, args.configuration, budget, args.iterations, log)
+    if args.retrain or not (work / "nnunet_training.json").is_file():
+        trainer, trained = train_nnunet(dataset.name, args.configuration, budget, args.iterations, log)
+        save_training(trainer, trained, work)
+    else:
+        trainer, trained = load_training(dataset.name, args.configuration, work)
+        print(f"nnU-Net's weights from {work / 'nnunet_weights.pt'} (--retrain trains again)")
     per_iteration = trained["seconds"] / max(1, trained["iterations"])
     print(
         f"nnU-Net {args.configuration}: patch {trained['patch']}, batch {trained['batch']}, {trained['epochs']} of "
         f"{trained['planned_epochs']} planned epochs x {args.iterations} iterations = {trained['iterations']} iterations in "
         f"{trained['seconds']:.0f} s ({per_iteration:.1f} s/iteration; nnU-Net's default schedule is 1000 x 250 = 250000 "
-        f"iterations, {250000 / max(1, trained['iterations']):.0f}x more)"
+        f"iterations, {250000 / max(1, trained['iterations']):.0f}x more)",
+        flush=True,
     )
     nnunet_out = work / "nnunet_predictions"
-    nnunet_case = predict_nnunet(trained["trainer"], dataset / "imagesTs", nnunet_out, not args.no_mirroring, log)
+    images = {n: dataset / "imagesTs" / f"{n}_0000{FILE_ENDING}" for n, row in read_cases_file(dataset).items() if row["id"] in ids}
+    if args.retrain:
+        (work / "nnunet_seconds.json").unlink(missing_ok=True)
+    nnunet_case = predict_nnunet(trainer, images, nnunet_out, not args.no_mirroring, work / "nnunet_seconds.json", log)
     import_nnunet(nnunet_out, dataset, work / "nnunet_as_famskull", method="nnU-Net")
-    from fam_skull.predict.options import MIN_COMPONENT_MM3
-
-    fam_case = predict_famskull(args.run, args.manifest, work / "famskull_predictions", args.min_component_mm3 or MIN_COMPONENT_MM3)
+    fam_case = predict_famskull(args.run, scored, work / "famskull_predictions", args.min_component_mm3 or MIN_COMPONENT_MM3)
     label = args.label or f"nnU-Net ({trained['iterations']} it.)"
     result = evaluate(
         EvaluateOptions(
             predictions=[f"fam-skull={work / 'famskull_predictions'}", f"{label}={work / 'nnunet_as_famskull'}"],
-            manifest=args.manifest,
+            manifest=scored,
             output=work / "report",
             force=True,
             quiet=True,
@@ -258,18 +321,16 @@ def main() -> None:
         "fam-skull": {"training": f"{fam_seconds:.0f} s", "predict": fam_case},
         label: {"training": f"{trained['seconds']:.0f} s, {trained['iterations']} iterations", "predict": nnunet_case},
     }
-    text = table(result.summaries, args.manifest, rows)
+    text = table(result.summaries, scored, rows)
+    subset = f", the {len(ids)} evaluation cases of the first {args.skulls} held-out skulls" if args.skulls else ""
     header = (
         f"fam-skull: {args.run} ({', '.join(r.name for r in fam_runs)}). nnU-Net v2: nnUNetTrainer, {args.configuration}, "
         f"patch {trained['patch']}, batch {trained['batch']}, fold 0 = fam-skull's train/val split, "
         f"{trained['epochs']} epochs x {args.iterations} iterations (default 1000 x 250), CPU, {multiprocessing.cpu_count()} cores, "
-        f"prediction {'without' if args.no_mirroring else 'with'} mirroring.\n\n"
+        f"prediction {'without' if args.no_mirroring else 'with'} mirroring{subset}.\n\n"
     )
     (work / "comparison.md").write_text(header + text, encoding="utf-8")
-    (work / "comparison.json").write_text(
-        json.dumps({k: v for k, v in trained.items() if k != "trainer"} | {"fam_seconds": fam_seconds, "budget": budget}, indent=1),
-        encoding="utf-8",
-    )
+    (work / "comparison.json").write_text(json.dumps(trained | {"fam_seconds": fam_seconds, "budget": budget}, indent=1), encoding="utf-8")
     print(header + text)
     log.close()
 

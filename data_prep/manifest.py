@@ -84,6 +84,27 @@ class Manifest:
         """Cases whose role is one of ``roles``, sorted by id."""
         return sorted((c for c in self.cases if c["role"] in roles), key=lambda c: c["id"])
 
+    def subset(self, ids: set[str], path: str | Path) -> Manifest:
+        """The training and validation cases with only the evaluation cases in ``ids``, saved at ``path`` with
+        absolute volume paths (it can live anywhere; the volumes stay where they are).
+
+        Raises:
+            ManifestError: an id is not an evaluation case here.
+        """
+        held_out = {c["id"] for c in self.role("eval1", "eval2")}
+        unknown = sorted(set(ids) - held_out)
+        if unknown:
+            raise ManifestError(f"{self.path}: {', '.join(unknown)} are not evaluation cases here; pick ids from eval1 or eval2")
+        cases = []
+        for case in self.cases:
+            if case["role"] in ("eval1", "eval2") and case["id"] not in ids:
+                continue
+            spaces = {s: {k: str((self.root / v).resolve()) for k, v in case[s].items()} for s in ("grid", "original") if s in case}
+            cases.append(case | spaces)
+        subset = Manifest(Path(path), self.data | {"cases": cases})
+        subset.save()
+        return subset
+
     def file(self, case: dict, space: str, kind: str) -> Path:
         """Absolute path of ``case``'s ``kind`` volume in ``space`` (``"grid"`` or ``"original"``)."""
         try:
