@@ -154,9 +154,9 @@ def clean_implant(implant: np.ndarray, spacing: Sequence[float], min_component_m
 
 
 def rim_implant(implant: np.ndarray, defective: np.ndarray, spacing: Sequence[float], reach_mm: float | None) -> np.ndarray:
-    """Keep the implant's connected components that come within ``reach_mm`` of the defective skull: an implant
-    fills a gap of the skull and so meets its rim; a piece floating in the cranial cavity or outside the head does
-    not (None: keep everything)."""
+    """Keep the implant's connected components that touch the defective skull or come within ``reach_mm`` of it:
+    an implant fills a gap of the skull and so meets its rim; a piece floating in the cranial cavity or outside the
+    head does not (None: keep everything)."""
     if reach_mm is None or not implant.any():
         return implant
     labels, n = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
@@ -164,6 +164,8 @@ def rim_implant(implant: np.ndarray, defective: np.ndarray, spacing: Sequence[fl
     box = bounding_box(implant, margin=[r + 1 for r in reach])
     assert box is not None  # the implant is not empty
     near = ndimage.distance_transform_edt(~defective[box], sampling=spacing) <= reach_mm
+    # touching counts at any voxel size: with voxels coarser than reach_mm no implant voxel lies within it of bone
+    near |= ndimage.binary_dilation(defective[box], np.ones((3, 3, 3), bool))
     touching = np.unique(labels[box][near & implant[box]])
     keep = np.zeros(n + 1, bool)
     keep[touching] = True

@@ -34,3 +34,12 @@ def test_a_healthy_skull_keeps_no_implant_from_a_floating_piece():
     cavity = (np.abs(idx[0] - 35) <= 4) & (np.abs(idx[1] - 35) <= 4) & (np.abs(idx[2] - 15) <= 3)
     assert not rim_implant(cavity, shell, SPACING, 3.0).any()
     assert not rim_implant(np.zeros_like(shell), shell, SPACING, 3.0).any()
+
+
+def test_a_piece_touching_the_skull_is_kept_when_voxels_are_coarser_than_the_reach():
+    # the study's 3.1 x 3.6 x 6.3 mm voxels: an implant voxel next to bone is 3.1 mm or more from it, beyond 3 mm
+    shell, idx = _shell()
+    gap = shell & (idx[2] >= 25)
+    cavity = (np.abs(idx[0] - 35) <= 3) & (np.abs(idx[1] - 35) <= 3) & (np.abs(idx[2] - 15) <= 2)
+    kept = rim_implant(gap | cavity, shell & ~gap, (3.125, 3.59375, 6.25), 3.0)
+    np.testing.assert_array_equal(kept, gap)
