@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -100,9 +101,10 @@ def train_nnunet(dataset: str, configuration: str, budget: float, iterations: in
             trainer.on_epoch_end()
             epochs += 1
             done += len(outputs)
-            if epochs == 1:  # the poly schedule ends where the budget does, at the first epoch's pace
+            if epochs == 1:  # the poly schedule ends where the budget does, at the first epoch's pace; rounded up,
+                # the budget check above cuts the last epoch short, so the whole budget is used
                 left = budget - (time.perf_counter() - start)
-                trainer.num_epochs = 1 + max(0, int(left / (time.perf_counter() - epoch_start)))
+                trainer.num_epochs = 1 + max(0, math.ceil(left / (time.perf_counter() - epoch_start)))
                 trainer.lr_scheduler.max_steps = trainer.num_epochs
         trainer.on_train_end()
     return trainer, {
@@ -134,8 +136,8 @@ def save_training(trainer, record: dict, work: Path) -> None:
 
     from data_prep.io import atomic_path, atomic_write_text
 
-    with atomic_path(work / "nnunet_weights.pt") as tmp:
-        torch.save(trainer.network.state_dict(), tmp)
+    with atomic_path(work / "nnunet_weights.pt", ".pt") as tmp, open(tmp, "wb") as f:
+        torch.save(trainer.network.state_dict(), f)
     atomic_write_text(work / "nnunet_training.json", json.dumps(record, indent=1))
 
 
@@ -145,7 +147,7 @@ def load_training(dataset: str, configuration: str, work: Path):
 
     trainer = _trainer(dataset, configuration)
     trainer.initialize()
-    trainer.configure_rotation_dummyDA_mirroring_and_initial_patch_size()  # sets the mirroring axes for prediction
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # (nnU-Net spells it so) sets the mirroring axes for prediction
     trainer.network.load_state_dict(torch.load(work / "nnunet_weights.pt", map_location="cpu", weights_only=True))
     return trainer, json.loads((work / "nnunet_training.json").read_text(encoding="utf-8"))
 
@@ -265,6 +267,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(multiprocessing.cpu_count())  # what nnUNetv2_train does on a CPU
+    from data_prep.io import atomic_write_text
     from data_prep.nnunet import FILE_ENDING, export_nnunet, read_cases_file
     from fam_skull.evaluate import EvaluateOptions, evaluate
     from fam_skull.predict.nnunet import import_nnunet
@@ -276,16 +279,17 @@ def main() -> None:
     dataset = export_nnunet(args.manifest, work / "nnUNet_raw", DATASET_ID, "FamSkullCompare").dataset
     scored, ids = held_out_cases(args.manifest, args.skulls, work)
     start = time.perf_counter()
-    if not (work / "nnUNet_preprocessed" / dataset.name / f"nnUNetPlans_{args.configuration}").is_dir():
+    planned = (work / "nnUNet_preprocessed" / dataset.name / f"nnUNetPlans_{args.configuration}").is_dir()
+    if not planned:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
         with _quiet_stdout(log):
             extract_fingerprints([DATASET_ID], num_processes=args.workers, check_dataset_integrity=True, show_progress_bar=False)
             plan_experiments([DATASET_ID])
             preprocess([DATASET_ID], configurations=(args.configuration,), num_processes=(args.workers,))
-    planning = time.perf_counter() - start
+    planning = "reused" if planned else f"took {time.perf_counter() - start:.0f} s"
     names = ", ".join(r.name for r in fam_runs)
-    print(f"fam-skull trained {fam_seconds:.0f} s ({names}); nnU-Net gets {budget:.0f} s; its planning took {planning:.0f} s")
+    print(f"fam-skull trained {fam_seconds:.0f} s ({names}); nnU-Net gets {budget:.0f} s; its planning {planning}")
     if args.retrain or not (work / "nnunet_training.json").is_file():
         trainer, trained = train_nnunet(dataset.name, args.configuration, budget, args.iterations, log)
         save_training(trainer, trained, work)
@@ -308,6 +312,9 @@ def main() -> None:
     import_nnunet(nnunet_out, dataset, work / "nnunet_as_famskull", method="nnU-Net")
     fam_case = predict_famskull(args.run, scored, work / "famskull_predictions", args.min_component_mm3 or MIN_COMPONENT_MM3)
     label = args.label or f"nnU-Net ({trained['iterations']} it.)"
+    import matplotlib
+
+    matplotlib.rcdefaults()  # nnU-Net's progress plot sets seaborn's style and font scale for the whole process
     result = evaluate(
         EvaluateOptions(
             predictions=[f"fam-skull={work / 'famskull_predictions'}", f"{label}={work / 'nnunet_as_famskull'}"],
@@ -329,8 +336,8 @@ def main() -> None:
         f"{trained['epochs']} epochs x {args.iterations} iterations (default 1000 x 250), CPU, {multiprocessing.cpu_count()} cores, "
         f"prediction {'without' if args.no_mirroring else 'with'} mirroring{subset}.\n\n"
     )
-    (work / "comparison.md").write_text(header + text, encoding="utf-8")
-    (work / "comparison.json").write_text(json.dumps(trained | {"fam_seconds": fam_seconds, "budget": budget}, indent=1), encoding="utf-8")
+    atomic_write_text(work / "comparison.md", header + text)
+    atomic_write_text(work / "comparison.json", json.dumps(trained | {"fam_seconds": fam_seconds, "budget": budget}, indent=1))
     print(header + text)
     log.close()
 
