@@ -30,8 +30,8 @@ class PredictOptions:
         roles: manifest roles to predict (default both evaluation sets).
         checkpoint: ``best``, ``last``, ``epoch_NNNN`` or a .pt path.
         min_component_mm3: implant components smaller than this are removed.
-        rim_mm: implant components with no voxel within this distance of the defective skull are removed (None:
-            kept).
+        rim_mm: implant components that neither touch the defective skull nor come within this distance of it are
+            removed (None: kept).
         flips: test-time flips: the implant is where the mean probability of the scan and of its left-right mirror
             image (mirrored back) exceeds 0.5, and ``<id>_flip_disagreement.nii.gz`` holds their difference (%).
         stl: also write ``<id>_implant.stl``.
