@@ -11,9 +11,11 @@ more than 30% of the skull (35% for ``anywhere``) is redrawn. Types:
   smoothly (log-sum-exp union) and elastically deformed;
 - ``anywhere``: one to three defects (60/25/15%) anywhere on the skull's outer surface (a uniformly random
   direction from the skull's centre, the outermost bone along it: vault, temporal walls, occiput, frontal bone,
-  orbits and face, the skull base), each either a hole (a warped elliptic column along that direction, through the
-  bone, radius 10-45 mm log-uniform: trephine holes to large craniectomies) or a flap (everything outward of a
-  warped cut surface 8-16 mm under the surface point, within 80 mm of it).
+  orbits and face, the skull base), each a hole (half the draws: a warped elliptic column along that direction,
+  through the bone, radius 10-45 mm log-uniform: trephine holes to large craniectomies), a flap (a quarter:
+  everything outward of a warped cut surface 8-16 mm under the surface point, within 80 mm of it) or an en-bloc
+  resection (a quarter: a block with straight walls across the surface, 30-110 mm wide, its floor 15-45 mm deep:
+  the bone of a face or a thick wall removed to depth).
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def _anywhere(frame: _Frame, rng, scale: float) -> tuple[tuple[slice, ...], np.n
         if found is None:
             continue
         point, n = found
-        if rng.random() < 0.5:  # a hole through the bone
+        shape = rng.random()
+        if shape < 0.5:  # a hole through the bone
             r = float(np.exp(rng.uniform(np.log(10), np.log(45)))) * scale
             depth = 20.0 * scale + r / 2
             sl, c = frame.box(point, [r * 1.5 + depth] * 3)
@@ -139,10 +142,17 @@ def _anywhere(frame: _Frame, rng, scale: float) -> tuple[tuple[slice, ...], np.n
             along = _dot(c, n)
             f = (_dot(c, e1) / r) ** 2 + (_dot(c, e2) / (r * ratio)) ** 2 + _waves(c, rng, 0.3, 3 * r)
             local = (f < 1) & (np.abs(along) < depth)
-        else:  # a flap: everything outward of a warped cut surface
+        elif shape < 0.75:  # a flap: everything outward of a warped cut surface
             h, reach = rng.uniform(8, 16) * scale, 80.0 * scale
             sl, c = frame.box(point, [reach] * 3)
             local = (_dot(c, n) + _waves(c, rng, 0.2 * h, 80.0) > -h) & (sum(ci * ci for ci in c) < reach * reach)
+        else:  # an en-bloc resection: a block of bone, walls across the surface, its floor 15-45 mm deep
+            a = float(np.exp(rng.uniform(np.log(15), np.log(55)))) * scale
+            b, depth = a * rng.uniform(0.5, 1.0), rng.uniform(15, 45) * scale
+            sl, c = frame.box(point, [max(a, b, depth) * 1.5] * 3)
+            e1, e2 = _tangents(n, rng)
+            walls = np.maximum(np.abs(_dot(c, e1)) / a, np.abs(_dot(c, e2)) / b) + _waves(c, rng, 0.05, 60.0)
+            local = (walls < 1) & (_dot(c, n) + _waves(c, rng, 0.1 * depth, 60.0) > -depth)
         region[sl] |= local
     return (slice(None),) * 3, region
 
