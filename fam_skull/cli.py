@@ -161,6 +161,14 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     rim.add_argument("--rim-mm", type=float, default=d.rim_mm, help="drop implant pieces farther from the skull (default %(default)s mm)")
     rim.add_argument("--keep-floating", dest="rim_mm", action="store_const", const=None, help="keep implant pieces that touch no bone")
     p.add_argument("--flips", action="store_true", help="test-time flips: mean of the scan and its mirror image, and their disagreement")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--size-tolerance",
+        type=float,
+        default=d.size_tolerance,
+        help="scale a skull whose size differs from the training skulls' by more than this fraction to theirs (default %(default)s)",
+    )
+    size.add_argument("--no-size-match", dest="size_tolerance", action="store_const", const=None, help="never scale a skull")
     p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
     p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
     p.add_argument(

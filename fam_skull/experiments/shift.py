@@ -1,6 +1,6 @@
 """The shift table: a trained run's implants on inputs that no training case resembles, beside its eval1 cases.
 
-    python -m fam_skull.experiments.shift --run RUN --manifest MANIFEST --output OUT [--flips] [--keep-floating]
+    python -m fam_skull.experiments.shift --run RUN --manifest MANIFEST --output OUT [--flips] [--keep-floating] [--no-size-match]
 
 Rows, each built from the manifest's evaluation skulls in their original geometry (LPS) and predicted as files with
 ``fam-skull predict``:
@@ -13,7 +13,8 @@ Rows, each built from the manifest's evaluation skulls in their original geometr
 - ``field-of-view crop``: the eval1 cases with their lowest 35% of axial slices blank (a scan cut above the orbits);
 - ``thick slices``: the eval1 cases at three times their slice spacing (every three slices one slab, bone where any of them is);
 - ``real anatomy``: the MNI152 template's skull (:mod:`data_prep.template`, needs nilearn) at the manifest's original
-  shape, with sphere, bilateral, parietotemporal, random and anywhere defects.
+  shape, with sphere, bilateral, parietotemporal, random and anywhere defects;
+- ``real anatomy, healthy``: that skull with no defect (its implant should be empty, as for ``healthy``).
 
 Scores: implant DSC, boundary DSC, HD95 (mm) against the reference implant, and the predicted and true implant
 volumes (ml). Writes OUT/shift.md, OUT/shift.csv (per case) and OUT/predictions.
@@ -37,10 +38,10 @@ from data_prep.manifest import Manifest
 from data_prep.preprocess import CANONICAL
 from fam_skull.metrics import compute_metrics
 from fam_skull.predict import PredictOptions, predict
-from fam_skull.predict.options import RIM_MM
+from fam_skull.predict.options import RIM_MM, SIZE_TOLERANCE
 
 log = logging.getLogger("fam_skull.shift")
-ROWS = ("eval1", "healthy", "two defects", "large defect", "field-of-view crop", "thick slices", "real anatomy")
+ROWS = ("eval1", "healthy", "two defects", "large defect", "field-of-view crop", "thick slices", "real anatomy", "real anatomy, healthy")
 ANATOMY_DEFECTS = ("sphere", "bilateral", "parietotemporal", "random", "anywhere")
 LARGE = 0.25
 LARGE_KINDS = ("bilateral", "frontoorbital", "parietotemporal")
@@ -127,6 +128,7 @@ def build_cases(manifest: Manifest, seed: int = 0, anatomy: bool = True) -> list
         shape = tuple(manifest.role("eval1")[0]["layout"]["original"]["shape"]) if eval1 else None
         image = template_skull(shape)
         complete = to_array(image) != 0
+        cases.append(Case("real anatomy, healthy", "mni152_healthy", complete, np.zeros_like(complete), image))
         for kind in ANATOMY_DEFECTS:
             try:
                 region = _cut(complete, image.GetSpacing(), (kind,), seed)
@@ -146,7 +148,14 @@ def _write(case: Case, folder: Path) -> Path:
 
 
 def shift_table(
-    run: Path, manifest: Path, output: Path, flips: bool = False, rim_mm: float | None = RIM_MM, anatomy: bool = True, seed: int = 0
+    run: Path,
+    manifest: Path,
+    output: Path,
+    flips: bool = False,
+    rim_mm: float | None = RIM_MM,
+    anatomy: bool = True,
+    seed: int = 0,
+    size_tolerance: float | None = SIZE_TOLERANCE,
 ) -> tuple[str, list[dict]]:
     """Build, predict and score every row; returns the Markdown table and the per-case rows (also written)."""
     data = Manifest.load(manifest)
@@ -154,7 +163,8 @@ def shift_table(
     inputs = output / "inputs"
     files = [_write(c, inputs) for c in cases]
     predictions = output / "predictions"
-    predict(PredictOptions(run=run, output=predictions, files=files, flips=flips, rim_mm=rim_mm, quiet=True))
+    opts = PredictOptions(run=run, output=predictions, files=files, flips=flips, rim_mm=rim_mm, size_tolerance=size_tolerance, quiet=True)
+    predict(opts)
     results: list[dict] = []
     for case in cases:
         path = predictions / f"{case.name}_implant.nii.gz"
@@ -196,7 +206,7 @@ def _table(results: list[dict]) -> str:
         if not chosen:
             continue
         cells = [_mean(chosen, k) for k in ("dsc", "bdsc", "hd95", "predicted_ml", "true_ml")]
-        if row == "healthy":
+        if row.endswith("healthy"):
             cells[3] += f" (max {max(r['predicted_ml'] for r in chosen):.3f})"
         lines.append(f"| {row} | {len(chosen)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -209,12 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--flips", action="store_true", help="test-time flips (predict --flips)")
     parser.add_argument("--keep-floating", action="store_true", help="keep implant pieces away from the skull (predict --keep-floating)")
+    parser.add_argument("--no-size-match", action="store_true", help="never scale a skull to the training size (predict --no-size-match)")
     parser.add_argument("--no-anatomy", dest="anatomy", action="store_false", help="leave out the MNI152 row (needs nilearn)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rim_mm = None if args.keep_floating else RIM_MM
-    table, _ = shift_table(args.run, args.manifest, args.output, args.flips, rim_mm, args.anatomy, args.seed)
+    size_tolerance = None if args.no_size_match else SIZE_TOLERANCE
+    table, _ = shift_table(args.run, args.manifest, args.output, args.flips, rim_mm, args.anatomy, args.seed, size_tolerance)
     print(table)
 
 

@@ -13,6 +13,8 @@ from data_prep.preprocess import BONE_HU
 MIN_COMPONENT_MM3 = 100.0
 # implant pieces farther than this from the defective skull fill no gap: they float in the cavity or outside the head
 RIM_MM = 3.0
+# a skull whose size differs from the training skulls' by more than this fraction is scaled to theirs
+SIZE_TOLERANCE = 0.05
 Frame = Literal["LPS", "RAS"]  # the patient frame of a mesh's millimetres (fam_skull.predict.mesh)
 SMOOTHING_ITERATIONS = 10  # Taubin passes (lambda 0.5, mu -0.53) of a mesh: removes the voxel steps, keeps the volume
 
@@ -34,6 +36,8 @@ class PredictOptions:
             removed (None: kept).
         flips: test-time flips: the implant is where the mean probability of the scan and of its left-right mirror
             image (mirrored back) exceeds 0.5, and ``<id>_flip_disagreement.nii.gz`` holds their difference (%).
+        size_tolerance: a skull whose width-and-length differs from the training skulls' by more than this
+            fraction is predicted scaled to their size (:mod:`fam_skull.predict.size`; None: never).
         stl: also write ``<id>_implant.stl``.
         roi_size: sliding-window size on the grid (None: the whole grid at once).
         stage: ``coarse`` or ``refined`` (a refinement run only); default: the run's own stage.
@@ -50,6 +54,7 @@ class PredictOptions:
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM
     flips: bool = False
+    size_tolerance: float | None = SIZE_TOLERANCE
     stl: bool = False
     roi_size: tuple[int, int, int] | None = None
     stage: str | None = None

@@ -33,8 +33,9 @@ from fam_skull.config import Config, RefineConfig, method_label
 from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, rim_implant, scan_probability
 from fam_skull.networks.trained import load_run
 from fam_skull.predict.inputs import CaseInput, file_cases, manifest_cases
-from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM, PredictOptions
+from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM, SIZE_TOLERANCE, PredictOptions
 from fam_skull.predict.outputs import write_case
+from fam_skull.predict.size import bone_centre, rescale, size_factor, training_skull_size
 
 log = logging.getLogger("fam_skull.predict")
 STAGES = ("coarse", "refined")
@@ -53,6 +54,8 @@ class Predictor:
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM
     flips: bool = False
+    skull_size_mm: float | None = None  # the training skulls' size (None: no skull is scaled)
+    size_tolerance: float | None = SIZE_TOLERANCE
 
     def implant(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The defective skull and the implant, both in the original geometry (x, y, z arrays)."""
@@ -60,39 +63,56 @@ class Predictor:
         return case.defective, case.implant
 
     def predict_case(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> CasePrediction:
-        """:meth:`implant`, and with ``flips`` the disagreement of the two mirrored predictions."""
+        """:meth:`implant`, and with ``flips`` the disagreement of the two mirrored predictions; a skull whose size
+        differs from the training skulls' by more than ``size_tolerance`` is predicted scaled to their size
+        (:mod:`fam_skull.predict.size`)."""
         defective = to_array(layout.to_original(canonical)) != 0
+        factor = 1.0
+        if self.skull_size_mm is not None and self.size_tolerance is not None and canonical.any():
+            factor = size_factor(canonical, layout.canonical.spacing, self.skull_size_mm, self.size_tolerance)
+        if factor == 1.0:
+            added, disagreement = self._canonical_implant(defective_grid, layout, canonical)
+        else:
+            centre = bone_centre(canonical)
+            scaled = rescale(canonical, factor, centre)
+            added, disagreement = self._canonical_implant(layout.to_grid(scaled), layout, scaled)
+            added = rescale(added, 1 / factor, centre)
+            if disagreement is not None:
+                disagreement = rescale(disagreement, 1 / factor, centre)
+        spacing = layout.original.spacing
+        implant = clean_implant((to_array(layout.to_original(added)) != 0) & ~defective, spacing, self.min_component_mm3)
+        implant = rim_implant(implant, defective, spacing, self.rim_mm)
+        if disagreement is not None:  # in percent, in the original geometry
+            disagreement = to_array(layout.to_original(np.rint(100 * np.clip(disagreement, 0, 1)).astype(np.uint8)))
+        return CasePrediction(defective, implant, disagreement, factor)
+
+    def _canonical_implant(self, defective_grid: np.ndarray, layout: Layout, canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The networks' implant (bool) and, with flips, their disagreement (0-1), both canonical at the scan's
+        resolution."""
         disagreement = None
         if self.refiner is None:
             if self.flips:
                 disagreement = np.zeros(defective_grid.shape, np.float32)
             grid = implant_on_grid(self.coarse, defective_grid, self.device, self.roi_size, self.flips, disagreement)
-            added = to_array(layout.from_grid(grid)) != 0
             if disagreement is not None:
                 disagreement = layout.canonical_from_grid(disagreement)
-        else:
-            probability = scan_probability(self.coarse, defective_grid, layout, canonical, self.device, self.flips)
-            r = self.refine
-            if self.flips:
-                disagreement = np.zeros(canonical.shape, np.float32)
-            refined = refine_implant(
-                self.refiner,
-                canonical,
-                probability,
-                layout.canonical.spacing,
-                r.patch,
-                r.margin_mm,
-                self.device,
-                flips=self.flips,
-                disagreement=disagreement,
-            )
-            added = to_array(layout.to_original(refined)) != 0
-        spacing = layout.original.spacing
-        implant = clean_implant(added & ~defective, spacing, self.min_component_mm3)
-        implant = rim_implant(implant, defective, spacing, self.rim_mm)
-        if disagreement is not None:  # in percent, in the original geometry
-            disagreement = to_array(layout.to_original(np.rint(100 * np.clip(disagreement, 0, 1)).astype(np.uint8)))
-        return CasePrediction(defective, implant, disagreement)
+            return layout.canonical_from_grid(grid) >= 0.5, disagreement
+        probability = scan_probability(self.coarse, defective_grid, layout, canonical, self.device, self.flips)
+        r = self.refine
+        if self.flips:
+            disagreement = np.zeros(canonical.shape, np.float32)
+        refined = refine_implant(
+            self.refiner,
+            canonical,
+            probability,
+            layout.canonical.spacing,
+            r.patch,
+            r.margin_mm,
+            self.device,
+            flips=self.flips,
+            disagreement=disagreement,
+        )
+        return refined, disagreement
 
 
 @dataclass
@@ -103,6 +123,7 @@ class CasePrediction:
     defective: np.ndarray
     implant: np.ndarray
     disagreement: np.ndarray | None = None
+    size_factor: float = 1.0  # the scaling the networks saw the skull at (fam_skull.predict.size)
 
 
 @dataclass
@@ -160,7 +181,13 @@ def predict_cases(
             prediction = predictor.predict_case(defective_grid, layout, canonical)
             files = write_case(output, case.id, prediction.defective, prediction.implant, layout, stl, prediction.disagreement)
             implant = prediction.implant
-            done[case.id] = {"source": case.source, "stamp": case.stamp, "files": files, "implant_voxels": int(implant.sum())}
+            done[case.id] = {
+                "source": case.source,
+                "stamp": case.stamp,
+                "files": files,
+                "implant_voxels": int(implant.sum()),
+                "size_factor": prediction.size_factor,
+            }
             predicted += 1
         except (VolumeError, ValueError, RuntimeError) as e:
             log.warning("skipped %s: %s", case.id, e)
@@ -180,6 +207,7 @@ def load_predictor(
     min_component_mm3: float = MIN_COMPONENT_MM3,
     rim_mm: float | None = RIM_MM,
     flips: bool = False,
+    size_tolerance: float | None = SIZE_TOLERANCE,
 ) -> tuple[Predictor, Config, tuple[int, ...], list[Path], str]:
     """The :class:`Predictor` of a trained run (a refinement run brings its coarse run), its config, grid, the
     checkpoints it was loaded from and the stage it runs (default: refined for a refinement run, else coarse).
@@ -197,6 +225,8 @@ def load_predictor(
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
     checkpoints = [ckpt]
     predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3, rim_mm=rim_mm, flips=flips)
+    if size_tolerance is not None:
+        predictor.size_tolerance, predictor.skull_size_mm = size_tolerance, training_skull_size(run, Path(config.data.manifest))
     if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
         coarse, _, _, coarse_ckpt = load_run(config.refine.coarse_run, config.refine.coarse_checkpoint, torch_device)
         predictor.coarse, checkpoints = coarse, [coarse_ckpt]
@@ -216,7 +246,15 @@ def predict(opts: PredictOptions) -> PredictResult:
     """
     with claim(opts.output, "predict"):
         predictor, config, grid, checkpoints, stage = load_predictor(
-            opts.run, opts.checkpoint, opts.device, opts.stage, opts.roi_size, opts.min_component_mm3, opts.rim_mm, opts.flips
+            opts.run,
+            opts.checkpoint,
+            opts.device,
+            opts.stage,
+            opts.roi_size,
+            opts.min_component_mm3,
+            opts.rim_mm,
+            opts.flips,
+            opts.size_tolerance,
         )
         cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
             opts.files, grid, opts.input_kind, opts.threshold
@@ -231,6 +269,8 @@ def predict(opts: PredictOptions) -> PredictResult:
                 "min_component_mm3": opts.min_component_mm3,
                 "rim_mm": opts.rim_mm,
                 "flips": opts.flips,
+                "size_tolerance": opts.size_tolerance,
+                "skull_size_mm": predictor.skull_size_mm,
             },
             "stage": stage,
             "method": method_label(config),

@@ -85,7 +85,8 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
         if not canonical.any():
             raise VolumeError(f"{opts.scan}: the mask is empty; pass a skull mask, or a CT with --input-kind ct")
     done("skull")
-    defective, piece = predictor.implant(layout.to_grid(canonical), layout, canonical)
+    case = predictor.predict_case(layout.to_grid(canonical), layout, canonical)
+    defective, piece = case.defective, case.implant
     done("networks")
     original = layout.original
     spacing = np.asarray(original.spacing)
@@ -121,6 +122,7 @@ def _implant(opts: ImplantOptions) -> ImplantResult:
         "input": "ct" if is_ct else "mask",
         "skull_ml": float(canonical.sum() * spacing.prod() / 1000),
         "removed_from_ct_ml": removed,
+        "size_factor": case.size_factor,  # the scaling the networks saw the skull at (1.0: its own size)
         "frame": opts.frame,
         "seconds": seconds,
         "peak_memory_mib": memory,
