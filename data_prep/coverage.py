@@ -1,6 +1,7 @@
 """Where a defect family cuts: the skull's regions, how often seeded draws remove each, and the figure in docs.
 
     python -m data_prep.coverage --draws 1000 --output docs/defects/coverage.png
+    python -m data_prep.coverage --draws 200 --shape 96 96 96 --against facial
 
 Regions are named by where a bone voxel lies in the skull's bounding box (u: -1 to 1 along each LPS axis from the
 box's centre): ``vault`` (u_z > 0.5), ``face`` (anterior and low: u_y < -0.35, u_z < -0.05; orbits, nasal
@@ -60,6 +61,20 @@ def coverage(
         reached += per_region >= REACHED * np.maximum(sizes, 1)
         fractions.append(defect.removed_fraction)
     return counts, {name: float(reached[k + 1] / draws) for k, name in enumerate(REGIONS)}, fractions
+
+
+def covering(
+    mask: np.ndarray, spacing: Sequence[float], kind: str, target: str, draws: int, targets: int = 10, share: float = 0.5, seed: int = 0
+) -> float:
+    """The share of ``draws`` seeded ``kind`` defects (seeds ``seed + i``) that remove at least ``share`` of the bone
+    of one of ``targets`` seeded ``target`` defects (seeds ``seed + i``): how often a training family reproduces a
+    held-out type's defect."""
+    removed = [make_defect(mask, spacing, target, seed + i).region & mask for i in range(targets)]
+    hits = 0
+    for i in range(draws):
+        region = make_defect(mask, spacing, kind, seed + i).region
+        hits += any(np.count_nonzero(region & r) >= share * np.count_nonzero(r) for r in removed)
+    return hits / draws
 
 
 def _views(mask: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,8 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64])
     parser.add_argument("--skull-seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("docs/defects/coverage.png"))
+    parser.add_argument("--against", metavar="TYPE", help="only print how often anywhere removes half of a TYPE defect")
     args = parser.parse_args(argv)
     mask, spacing, _ = synthetic_skull(args.skull_seed, tuple(args.shape))
+    if args.against:
+        share = covering(mask, spacing, "anywhere", args.against, args.draws)
+        print(f"{share:.3f} of {args.draws} anywhere draws remove at least half of one of 10 {args.against} defects' bone")
+        return
     counts, anywhere, fractions = coverage(mask, spacing, ("anywhere",), args.draws)
     _, named, named_fractions = coverage(mask, spacing, TRAINING_TYPES, args.draws)
     shares = {"anywhere": anywhere, "training types (" + ", ".join(TRAINING_TYPES) + ")": named}

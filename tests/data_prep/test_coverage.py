@@ -4,7 +4,7 @@ the regions themselves, checked on a constructed skull whose parts are known."""
 import numpy as np
 import pytest
 
-from data_prep.coverage import REGIONS, TRAINING_TYPES, coverage, main, skull_regions
+from data_prep.coverage import REGIONS, TRAINING_TYPES, coverage, covering, main, skull_regions
 from data_prep.defects import limits, make_defect
 from data_prep.phantom import synthetic_skull
 
@@ -54,3 +54,11 @@ def test_the_coverage_command_writes_its_figure(tmp_path, capsys):
     assert (tmp_path / "coverage.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert all(f"| {r} |" in out for r in REGIONS)
+
+
+def test_covering_counts_draws_that_remove_half_of_a_target_defect(skull):
+    mask, spacing = skull
+    # a family against itself: draw i is target i, so every draw removes all of a target's bone
+    assert covering(mask, spacing, "sphere", "sphere", draws=4, targets=4) == 1.0
+    # vertex spheres never take half of a face: the held-out facial slab lies far below the top quarter
+    assert covering(mask, spacing, "sphere", "facial", draws=6, targets=3) == 0.0
