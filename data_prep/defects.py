@@ -14,8 +14,8 @@ more than 30% of the skull (35% for ``anywhere``) is redrawn. Types:
   orbits and face, the skull base), each a hole (half the draws: a warped elliptic column along that direction,
   through the bone, radius 10-45 mm log-uniform: trephine holes to large craniectomies), a flap (a quarter:
   everything outward of a warped cut surface 8-16 mm under the surface point, within 80 mm of it) or an en-bloc
-  resection (a quarter: a block with straight walls across the surface, 30-110 mm wide, its floor 15-45 mm deep:
-  the bone of a face or a thick wall removed to depth).
+  resection (a quarter: a block with straight walls across the surface, 30-110 mm wide, its floor 15-45 mm deep,
+  which takes a thick wall or a face to depth where it lands on one).
 """
 
 from __future__ import annotations

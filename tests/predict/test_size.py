@@ -10,7 +10,8 @@ import torch
 from data_prep.io import from_array
 from data_prep.manifest import Manifest
 from data_prep.preprocess import Layout
-from fam_skull.predict.predictor import Predictor
+from fam_skull.predict.inputs import manifest_cases
+from fam_skull.predict.predictor import Predictor, load_predictor
 from fam_skull.predict.size import LIMITS, SIZE_FILE, rescale, size_factor, skull_size, training_skull_size
 
 
@@ -46,7 +47,7 @@ def test_rescale_scales_a_ball_about_its_centre():
     assert small.dtype == bool
 
 
-class _Ring(torch.nn.Module):
+class _Ball(torch.nn.Module):
     """A stand-in network: its foreground is a fixed ball in the middle of the grid, and it keeps what it saw."""
 
     def __init__(self, radius: float) -> None:
@@ -71,7 +72,7 @@ def test_a_large_skull_is_seen_at_the_training_size_and_its_implant_scaled_back(
     centre = np.array([31.5, 31.5, 31.5])
     skull = _ball(shape, centre, 28.0) & ~_ball(shape, centre, 25.0)  # a shell 56 voxels across
     layout = _layout(shape)
-    net = _Ring(radius=6.0)  # grid voxels (2 mm): a 12 mm ball at the centre, inside the cavity
+    net = _Ball(radius=6.0)  # grid voxels (2 mm): a 12 mm ball at the centre, inside the cavity
     predictor = Predictor(net, torch.device("cpu"), min_component_mm3=0, rim_mm=None, skull_size_mm=44.8, size_tolerance=0.05)
     case = predictor.predict_case(layout.to_grid(skull), layout, skull)
     assert case.size_factor == pytest.approx(0.8)
@@ -82,12 +83,8 @@ def test_a_large_skull_is_seen_at_the_training_size_and_its_implant_scaled_back(
 
 
 def test_a_skull_of_the_training_size_is_predicted_unscaled(trained_run, manifest):
-    from fam_skull.predict.predictor import load_predictor
-
     data = Manifest.load(manifest)
     case = data.role("eval1")[0]
-    from fam_skull.predict.inputs import manifest_cases
-
     predictor, _, grid, _, _ = load_predictor(trained_run)
     assert predictor.skull_size_mm is not None
     cached = json.loads((trained_run / SIZE_FILE).read_text())
