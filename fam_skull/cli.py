@@ -160,6 +160,16 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     rim = p.add_mutually_exclusive_group()
     rim.add_argument("--rim-mm", type=float, default=d.rim_mm, help="drop implant pieces farther from the skull (default %(default)s mm)")
     rim.add_argument("--keep-floating", dest="rim_mm", action="store_const", const=None, help="keep implant pieces that touch no bone")
+    stray = p.add_mutually_exclusive_group()
+    stray.add_argument(
+        "--stray-mm",
+        type=float,
+        default=d.stray_mm,
+        help="drop implant pieces under a tenth of the largest farther than this from every larger one (default %(default)s mm)",
+    )
+    stray.add_argument(
+        "--keep-strays", dest="stray_mm", action="store_const", const=None, help="keep small implant pieces far from the implant"
+    )
     p.add_argument("--flips", action="store_true", help="test-time flips: mean of the scan and its mirror image, and their disagreement")
     size = p.add_mutually_exclusive_group()
     size.add_argument(

@@ -100,7 +100,7 @@ def test_every_shipped_demo_config_loads_with_its_arms(path):
     run = {**values["run"], "data": {**values["run"].get("data", {}), "manifest": "x"}}
     sweep, _ = load_sweep(values={"sweep": values["sweep"], "run": run})
     if path.name == "paper_reproduction.yaml":  # the authors score the network's output without post-processing
-        assert sweep.rim_mm is None and sweep.min_component_mm3 == 0
+        assert sweep.rim_mm is None and sweep.stray_mm is None and sweep.min_component_mm3 == 0
     broken = [{"name": "typo", "set": {"augment.defect_type": ["anywhere"]}}]
     with pytest.raises(ConfigError, match="augment.defect_type"):
         load_sweep(values={"sweep": {**values["sweep"], "arms": broken}, "run": run})

@@ -1,6 +1,7 @@
 """The shift table: a trained run's implants on inputs that no training case resembles, beside its eval1 cases.
 
-    python -m fam_skull.experiments.shift --run RUN --manifest MANIFEST --output OUT [--flips] [--keep-floating] [--no-size-match]
+    python -m fam_skull.experiments.shift --run RUN --manifest M --output OUT [--flips] [--keep-floating] [--keep-strays]
+        [--no-size-match]
 
 Rows, each built from the manifest's evaluation skulls in their original geometry (LPS) and predicted as files with
 ``fam-skull predict``:
@@ -38,7 +39,7 @@ from data_prep.manifest import Manifest
 from data_prep.preprocess import CANONICAL
 from fam_skull.metrics import compute_metrics
 from fam_skull.predict import PredictOptions, predict
-from fam_skull.predict.options import RIM_MM, SIZE_TOLERANCE
+from fam_skull.predict.options import RIM_MM, SIZE_TOLERANCE, STRAY_MM
 
 log = logging.getLogger("fam_skull.shift")
 ROWS = ("eval1", "healthy", "two defects", "large defect", "field-of-view crop", "thick slices", "real anatomy", "real anatomy, healthy")
@@ -156,6 +157,7 @@ def shift_table(
     anatomy: bool = True,
     seed: int = 0,
     size_tolerance: float | None = SIZE_TOLERANCE,
+    stray_mm: float | None = STRAY_MM,
 ) -> tuple[str, list[dict]]:
     """Build, predict and score every row; returns the Markdown table and the per-case rows (also written)."""
     data = Manifest.load(manifest)
@@ -163,7 +165,9 @@ def shift_table(
     inputs = output / "inputs"
     files = [_write(c, inputs) for c in cases]
     predictions = output / "predictions"
-    opts = PredictOptions(run=run, output=predictions, files=files, flips=flips, rim_mm=rim_mm, size_tolerance=size_tolerance, quiet=True)
+    opts = PredictOptions(
+        run=run, output=predictions, files=files, flips=flips, rim_mm=rim_mm, stray_mm=stray_mm, size_tolerance=size_tolerance, quiet=True
+    )
     predict(opts)
     results: list[dict] = []
     for case in cases:
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--flips", action="store_true", help="test-time flips (predict --flips)")
     parser.add_argument("--keep-floating", action="store_true", help="keep implant pieces away from the skull (predict --keep-floating)")
+    parser.add_argument("--keep-strays", action="store_true", help="keep small implant pieces far from the implant (predict --keep-strays)")
     parser.add_argument("--no-size-match", action="store_true", help="never scale a skull to the training size (predict --no-size-match)")
     parser.add_argument("--no-anatomy", dest="anatomy", action="store_false", help="leave out the MNI152 row (needs nilearn)")
     parser.add_argument("--seed", type=int, default=0)
@@ -226,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rim_mm = None if args.keep_floating else RIM_MM
     size_tolerance = None if args.no_size_match else SIZE_TOLERANCE
-    table, _ = shift_table(args.run, args.manifest, args.output, args.flips, rim_mm, args.anatomy, args.seed, size_tolerance)
+    stray_mm = None if args.keep_strays else STRAY_MM
+    table, _ = shift_table(args.run, args.manifest, args.output, args.flips, rim_mm, args.anatomy, args.seed, size_tolerance, stray_mm)
     print(table)
 
 

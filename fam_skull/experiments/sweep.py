@@ -36,7 +36,7 @@ from fam_skull.evaluate.report import QUALITY, TARGET_NAMES, paper_table
 from fam_skull.experiments.study import StudyRun, write_study
 from fam_skull.fam.regularizer import DEFAULT_LAMBDA
 from fam_skull.fam.sam import DEFAULT_RHO
-from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM
+from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM, STRAY_MM
 from fam_skull.predict.predictor import PredictOptions, predict
 from fam_skull.train.resume import resolve
 from fam_skull.train.trainer import train
@@ -60,6 +60,7 @@ class SweepConfig:
     checkpoint: str = "best"
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM  # predict's rim filter; None keeps floating pieces (a setup scored without post-processing)
+    stray_mm: float | None = STRAY_MM  # predict's stray filter; None keeps small pieces far from the implant
     sets: list[str] = field(default_factory=lambda: ["eval1", "eval2"])
     subset: int = 100
     tables: list[str] = field(default_factory=lambda: ["implant"])  # targets of the paper tables: implant, complete
@@ -188,6 +189,7 @@ def _sweep(config: SweepConfig, run: dict, quiet: bool) -> SweepResult:
                 checkpoint=config.checkpoint,
                 min_component_mm3=config.min_component_mm3,
                 rim_mm=config.rim_mm,
+                stray_mm=config.stray_mm,
                 quiet=quiet,
             )
         )

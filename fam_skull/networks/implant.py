@@ -171,3 +171,26 @@ def rim_implant(implant: np.ndarray, defective: np.ndarray, spacing: Sequence[fl
     keep[touching] = True
     keep[0] = False
     return keep[labels]
+
+
+def drop_strays(implant: np.ndarray, spacing: Sequence[float], reach_mm: float | None, share: float = 0.1) -> np.ndarray:
+    """Drop the implant's small pieces (under ``share`` of the largest piece's volume) that lie farther than
+    ``reach_mm`` from every large one (None: keep everything).
+
+    Large pieces are always kept: a skull may have two or three defects. A small piece near a large one is a
+    fragment of its implant (thin facial bone breaks into pieces); a small piece far from all of them is bone the
+    network added on intact bone where this skull's shape differs from the training skulls'.
+    """
+    if reach_mm is None or not implant.any():
+        return implant
+    labels, n = ndimage.label(implant, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    large = sizes >= share * sizes.max()
+    large[0] = False
+    if large[1:].all():
+        return implant
+    distance = ndimage.distance_transform_edt(~large[labels], sampling=spacing)
+    keep = large.copy()
+    keep[1:] |= ndimage.minimum(distance, labels, index=np.arange(1, n + 1)) <= reach_mm
+    return keep[labels]

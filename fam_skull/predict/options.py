@@ -13,6 +13,10 @@ from data_prep.preprocess import BONE_HU
 MIN_COMPONENT_MM3 = 100.0
 # implant pieces farther than this from the defective skull fill no gap: they float in the cavity or outside the head
 RIM_MM = 3.0
+# small implant pieces (under a tenth of the largest) farther than this from every large one are stray bone on
+# intact bone: measured at 1 mm, fragments of a facial implant lie 2-27 mm from its main piece, the pieces added
+# on the MNI152 skull 60-124 mm from its implant (docs/prediction.md)
+STRAY_MM = 40.0
 # a skull whose size differs from the training skulls' by more than this fraction is scaled to theirs
 SIZE_TOLERANCE = 0.05
 Frame = Literal["LPS", "RAS"]  # the patient frame of a mesh's millimetres (fam_skull.predict.mesh)
@@ -34,6 +38,8 @@ class PredictOptions:
         min_component_mm3: implant components smaller than this are removed.
         rim_mm: implant components that neither touch the defective skull nor come within this distance of it are
             removed (None: kept).
+        stray_mm: implant pieces under a tenth of the largest piece's volume, farther than this from every
+            larger piece, are removed (None: kept; :func:`fam_skull.networks.implant.drop_strays`).
         flips: test-time flips: the implant is where the mean probability of the scan and of its left-right mirror
             image (mirrored back) exceeds 0.5, and ``<id>_flip_disagreement.nii.gz`` holds their difference (%).
         size_tolerance: a skull whose width-and-length differs from the training skulls' by more than this
@@ -53,6 +59,7 @@ class PredictOptions:
     checkpoint: str = "best"
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM
+    stray_mm: float | None = STRAY_MM
     flips: bool = False
     size_tolerance: float | None = SIZE_TOLERANCE
     stl: bool = False

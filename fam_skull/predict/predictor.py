@@ -1,7 +1,8 @@
 """``fam-skull predict``: completed skulls and implants, written back in each case's original geometry.
 
 The implant is the network's foreground minus the defective skull it was given, brought to the original
-geometry, minus the defective skull there, with components under ``min_component_mm3`` removed. The coarse stage
+geometry, minus the defective skull there, with components under ``min_component_mm3`` removed, and those that
+meet no bone (``rim_mm``) or lie small and far from the implant's large pieces (``stray_mm``). The coarse stage
 separates it on the training grid (where input and output align exactly) and resamples it; the refinement stage
 predicts it at the scan's resolution in a box around the coarse implant. The completed skull is the defective
 skull (the known input, exact) united with that implant.
@@ -30,10 +31,10 @@ from data_prep.preprocess import Layout
 from data_prep.progress import progress
 from fam_skull.common.paths import PredictionFolder
 from fam_skull.config import Config, RefineConfig, method_label
-from fam_skull.networks.implant import clean_implant, implant_on_grid, refine_implant, rim_implant, scan_probability
+from fam_skull.networks.implant import clean_implant, drop_strays, implant_on_grid, refine_implant, rim_implant, scan_probability
 from fam_skull.networks.trained import load_run
 from fam_skull.predict.inputs import CaseInput, file_cases, manifest_cases
-from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM, SIZE_TOLERANCE, PredictOptions
+from fam_skull.predict.options import MIN_COMPONENT_MM3, RIM_MM, SIZE_TOLERANCE, STRAY_MM, PredictOptions
 from fam_skull.predict.outputs import write_case
 from fam_skull.predict.size import bone_centre, rescale, size_factor, training_skull_size
 
@@ -53,6 +54,7 @@ class Predictor:
     roi_size: Sequence[int] | None = None
     min_component_mm3: float = MIN_COMPONENT_MM3
     rim_mm: float | None = RIM_MM
+    stray_mm: float | None = STRAY_MM
     flips: bool = False
     skull_size_mm: float | None = None  # the training skulls' size (None: no skull is scaled)
     size_tolerance: float | None = SIZE_TOLERANCE
@@ -81,7 +83,7 @@ class Predictor:
                 disagreement = rescale(disagreement, 1 / factor, centre)
         spacing = layout.original.spacing
         implant = clean_implant((to_array(layout.to_original(added)) != 0) & ~defective, spacing, self.min_component_mm3)
-        implant = rim_implant(implant, defective, spacing, self.rim_mm)
+        implant = drop_strays(rim_implant(implant, defective, spacing, self.rim_mm), spacing, self.stray_mm)
         if disagreement is not None:  # in percent, in the original geometry
             disagreement = to_array(layout.to_original(np.rint(100 * np.clip(disagreement, 0, 1)).astype(np.uint8)))
         return CasePrediction(defective, implant, disagreement, factor)
@@ -208,6 +210,7 @@ def load_predictor(
     rim_mm: float | None = RIM_MM,
     flips: bool = False,
     size_tolerance: float | None = SIZE_TOLERANCE,
+    stray_mm: float | None = STRAY_MM,
 ) -> tuple[Predictor, Config, tuple[int, ...], list[Path], str]:
     """The :class:`Predictor` of a trained run (a refinement run brings its coarse run), its config, grid, the
     checkpoints it was loaded from and the stage it runs (default: refined for a refinement run, else coarse).
@@ -224,7 +227,9 @@ def load_predictor(
     if roi_size is not None and config.model.name == "linear_ae":
         raise ValueError("roi_size: the linear-latent autoencoder needs the whole grid; drop --roi-size")
     checkpoints = [ckpt]
-    predictor = Predictor(model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3, rim_mm=rim_mm, flips=flips)
+    predictor = Predictor(
+        model, torch_device, roi_size=roi_size, min_component_mm3=min_component_mm3, rim_mm=rim_mm, stray_mm=stray_mm, flips=flips
+    )
     if size_tolerance is not None:
         predictor.size_tolerance, predictor.skull_size_mm = size_tolerance, training_skull_size(run, Path(config.data.manifest))
     if config.stage == "refine":  # the coarse stage runs first: its run is named in the refinement run's config
@@ -255,6 +260,7 @@ def predict(opts: PredictOptions) -> PredictResult:
             opts.rim_mm,
             opts.flips,
             opts.size_tolerance,
+            opts.stray_mm,
         )
         cases = (manifest_cases(opts.manifest, opts.roles, grid) if opts.manifest is not None else []) + file_cases(
             opts.files, grid, opts.input_kind, opts.threshold
@@ -268,6 +274,7 @@ def predict(opts: PredictOptions) -> PredictResult:
                 "stage": stage,
                 "min_component_mm3": opts.min_component_mm3,
                 "rim_mm": opts.rim_mm,
+                "stray_mm": opts.stray_mm,
                 "flips": opts.flips,
                 "size_tolerance": opts.size_tolerance,
                 "skull_size_mm": predictor.skull_size_mm,

@@ -60,7 +60,7 @@ def test_paper_reproduction_at_ci_size(tmp_path):
     report = out / "report"
     for run in sorted((out / "runs").iterdir()):  # the sweep's post-processing reached predict: raw output, as scored
         weights = json.loads((run / "predictions" / "predictions.json").read_text())["weights"]
-        assert weights["rim_mm"] is None and weights["min_component_mm3"] == 0, run.name
+        assert weights["rim_mm"] is None and weights["stray_mm"] is None and weights["min_component_mm3"] == 0, run.name
     rows = list(csv.reader((report / "sweep_table.csv").read_text().splitlines()))
     assert rows[0][:2] == ["method", "set 1: DSC"]
     labels = [r[0] for r in rows[1:]]

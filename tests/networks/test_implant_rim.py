@@ -1,9 +1,10 @@
 """Implants only where bone is missing: components meeting the defective skull are kept, pieces floating in the
-cranial cavity or outside the head are dropped, on constructed skulls whose pieces are known."""
+cranial cavity or outside the head are dropped, and so are small pieces far from the implant, on constructed skulls
+and implants whose pieces are known."""
 
 import numpy as np
 
-from fam_skull.networks.implant import rim_implant
+from fam_skull.networks.implant import drop_strays, rim_implant
 
 SPACING = (1.0, 1.0, 2.0)
 
@@ -43,3 +44,35 @@ def test_a_piece_touching_the_skull_is_kept_when_voxels_are_coarser_than_the_rea
     cavity = (np.abs(idx[0] - 35) <= 3) & (np.abs(idx[1] - 35) <= 3) & (np.abs(idx[2] - 15) <= 2)
     kept = rim_implant(gap | cavity, shell & ~gap, (3.125, 3.59375, 6.25), 3.0)
     np.testing.assert_array_equal(kept, gap)
+
+
+def _box(shape, lo, hi):
+    mask = np.zeros(shape, bool)
+    mask[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return mask
+
+
+def test_small_pieces_far_from_the_implant_are_dropped_and_near_ones_kept():
+    shape = (120, 40, 20)  # spacing 1 x 1 x 2 mm
+    main = _box(shape, (10, 10, 5), (40, 30, 10))  # 30 x 20 x 10 mm: 3000 voxels
+    near = _box(shape, (48, 15, 6), (52, 19, 8))  # 32 voxels, 9 mm along x from the main piece (x 39 -> 48)
+    far = _box(shape, (100, 15, 6), (104, 19, 8))  # 32 voxels, 61 mm from it
+    kept = drop_strays(main | near | far, SPACING, 40.0)
+    np.testing.assert_array_equal(kept, main | near)
+    np.testing.assert_array_equal(drop_strays(main | near | far, SPACING, 5.0), main)  # 9 mm is beyond 5 mm
+    np.testing.assert_array_equal(drop_strays(main | near | far, SPACING, None), main | near | far)
+
+
+def test_a_second_defect_s_implant_is_kept_however_far():
+    shape = (120, 40, 20)
+    main = _box(shape, (10, 10, 5), (40, 30, 10))  # 3000 voxels
+    second = _box(shape, (90, 10, 5), (100, 30, 10))  # 1000 voxels, a third of it: a large piece, 50 mm away
+    stray = _box(shape, (100, 35, 0), (103, 38, 2))  # 18 voxels, under a tenth of the largest
+    np.testing.assert_array_equal(drop_strays(main | second | stray, SPACING, 3.0), main | second)
+
+
+def test_a_lone_small_implant_and_a_healthy_skull_s_empty_one_stay_as_they_are():
+    shape = (60, 40, 20)
+    small = _box(shape, (10, 10, 5), (13, 13, 7))
+    np.testing.assert_array_equal(drop_strays(small, SPACING, 40.0), small)
+    assert not drop_strays(np.zeros(shape, bool), SPACING, 40.0).any()
