@@ -146,6 +146,13 @@ def _run_train(args) -> int:
     return 0
 
 
+def _number_or_off(p: argparse.ArgumentParser, flag: str, off: str, default: float | None, on_help: str, off_help: str) -> None:
+    """A number option and the flag that turns its step off (the number None), as exclusive choices."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(flag, type=float, default=default, help=f"{on_help} (default %(default)s)")
+    group.add_argument(off, dest=flag[2:].replace("-", "_"), action="store_const", const=None, help=off_help)
+
+
 def _predict_parser(p: argparse.ArgumentParser) -> None:
     from fam_skull.predict.options import PredictOptions
 
@@ -157,28 +164,31 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roles", type=_names, default=d.roles, help="manifest roles to predict (default eval1,eval2)")
     p.add_argument("--checkpoint", default=d.checkpoint, help="best, last, epoch_NNNN or a .pt path")
     p.add_argument("--min-component-mm3", type=float, default=d.min_component_mm3, help="drop smaller implant pieces")
-    rim = p.add_mutually_exclusive_group()
-    rim.add_argument("--rim-mm", type=float, default=d.rim_mm, help="drop implant pieces farther from the skull (default %(default)s mm)")
-    rim.add_argument("--keep-floating", dest="rim_mm", action="store_const", const=None, help="keep implant pieces that touch no bone")
-    stray = p.add_mutually_exclusive_group()
-    stray.add_argument(
-        "--stray-mm",
-        type=float,
-        default=d.stray_mm,
-        help="drop implant pieces under a tenth of the largest farther than this from every larger one (default %(default)s mm)",
+    _number_or_off(
+        p,
+        "--rim-mm",
+        "--keep-floating",
+        d.rim_mm,
+        "drop implant pieces more than this many mm from the skull",
+        "keep implant pieces that touch no bone",
     )
-    stray.add_argument(
-        "--keep-strays", dest="stray_mm", action="store_const", const=None, help="keep small implant pieces far from the implant"
+    _number_or_off(
+        p,
+        "--stray-mm",
+        "--keep-strays",
+        d.stray_mm,
+        "drop implant pieces under a tenth of the largest more than this many mm from every larger one",
+        "keep small implant pieces far from the implant",
     )
     p.add_argument("--flips", action="store_true", help="test-time flips: mean of the scan and its mirror image, and their disagreement")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument(
+    _number_or_off(
+        p,
         "--size-tolerance",
-        type=float,
-        default=d.size_tolerance,
-        help="scale a skull whose size differs from the training skulls' by more than this fraction to theirs (default %(default)s)",
+        "--no-size-match",
+        d.size_tolerance,
+        "scale a skull whose size differs from the training skulls' by more than this fraction to theirs",
+        "never scale a skull",
     )
-    size.add_argument("--no-size-match", dest="size_tolerance", action="store_const", const=None, help="never scale a skull")
     p.add_argument("--stl", action="store_true", help="also write an STL mesh of each implant (LPS mm)")
     p.add_argument("--roi-size", type=_ints, default=None, help="sliding-window size on the grid")
     p.add_argument(

@@ -1,8 +1,11 @@
 """The command line: every command documents itself, and bad usage exits with a message, not a traceback."""
 
+from pathlib import Path
+
 import pytest
 
-from fam_skull.cli import COMMANDS, main
+from fam_skull.cli import COMMANDS, build_parser, main
+from fam_skull.predict.options import PredictOptions
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in COMMANDS])
@@ -66,3 +69,22 @@ def test_a_wheel_carries_what_the_demo_needs(tmp_path):
         f"fam_skull/{stage}/__init__.py" for stage in ("common", "metrics", "networks", "train", "predict", "evaluate", "experiments")
     }
     assert {"fam_skull/fam/flatness.py", "data_prep/prepare.py", *stages} <= names
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], {k: getattr(PredictOptions(run=Path("r"), output=Path("o")), k) for k in ("rim_mm", "stray_mm", "size_tolerance")}),
+        (["--keep-floating", "--keep-strays", "--no-size-match"], {"rim_mm": None, "stray_mm": None, "size_tolerance": None}),
+        (["--rim-mm", "2", "--stray-mm", "25", "--size-tolerance", "0.1"], {"rim_mm": 2.0, "stray_mm": 25.0, "size_tolerance": 0.1}),
+    ],
+)
+def test_predict_s_post_processing_steps_take_a_number_or_turn_off(flags, expected):
+    args = build_parser(["predict"]).parse_args(["predict", "--run", "r", "--output", "o", *flags])
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_a_post_processing_step_cannot_be_set_and_turned_off_at_once(capsys):
+    with pytest.raises(SystemExit):
+        build_parser(["predict"]).parse_args(["predict", "--run", "r", "--output", "o", "--stray-mm", "25", "--keep-strays"])
+    assert "not allowed with argument" in capsys.readouterr().err
