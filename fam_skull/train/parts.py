@@ -113,13 +113,9 @@ def refinement_data(
         raise ConfigError(f"refine.coarse_run: {e}") from None
     if coarse_cfg.stage != "coarse" or tuple(coarse_grid) != grid:
         raise ConfigError(f"refine.coarse_run: {r.coarse_run} must be a coarse run on this manifest's grid {list(grid)}")
-    cases = refine_data.load_cases(manifest, "train", coarse, device, quiet)
-    if r.fresh_defects:
-        kinds = augmentation_kinds(coarse_cfg, manifest)
-        cases += refine_data.fresh_cases(cases, kinds, r.fresh_defects, config.train.seed, coarse, device, quiet)
-    train_ds = EpochSeededDataset(
-        refine_data.training_items(cases, r.margin_mm), refine_data.patch_augmentation(r.patch), config.train.seed
-    )
+    kinds = augmentation_kinds(coarse_cfg, manifest) if r.fresh_defects else ()
+    items = refine_data.training_set(manifest, coarse, device, r.margin_mm, kinds, r.fresh_defects, config.train.seed, quiet)
+    train_ds = EpochSeededDataset(items, refine_data.patch_augmentation(r.patch), config.train.seed)
     return train_ds, refine_data.load_cases(manifest, "val", coarse, device, quiet) if validating else None
 
 

@@ -16,7 +16,7 @@ from data_prep.preprocess import Layout
 from fam_skull.cli import main
 from fam_skull.networks.implant import defect_box, refine_implant
 from fam_skull.networks.trained import load_run
-from fam_skull.train.refine_data import fresh_cases, load_cases
+from fam_skull.train.refine_data import fresh_cases, load_cases, training_items, training_set
 
 
 def test_box_is_the_bounding_box_grown_by_the_margin_in_mm_and_clipped():
@@ -97,6 +97,19 @@ def test_fresh_refinement_defects_partition_the_skull_are_seeded_and_feed_the_gr
         low, high = limits(kind)
         assert low <= c["implant"].sum() / complete.sum() <= high
         assert not (c["probability"] * c["defective"]).any()  # the coarse channel is zero on the given bone
+
+
+def test_the_training_set_made_a_case_at_a_time_equals_the_one_made_from_every_whole_case(manifest, trained_run):
+    coarse = load_run(trained_run)[0]
+    m = Manifest.load(manifest)
+    cases = load_cases(m, "train", coarse, "cpu")
+    kinds = ["sphere", "anywhere"]
+    whole = training_items(cases + fresh_cases(cases, kinds, 2, seed=3, coarse=coarse, device="cpu"), 4.0)
+    streamed = training_set(m, coarse, "cpu", 4.0, kinds, fresh=2, seed=3)
+    assert len(streamed) == len(whole) == 3 * len(cases)
+    for a, b in zip(streamed, whole, strict=True):
+        for key in ("image", "implant"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_a_fresh_draw_with_no_acceptable_defect_is_left_out_and_counted(manifest, trained_run, monkeypatch, caplog):
